@@ -1,0 +1,53 @@
+# Surge: `make run` starts everything, `make test` checks everything. Both set up what they
+# need first (venv, requirements, PostgreSQL and Redis: see config/devservices.py).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SERVICES := $(PY) -m config.devservices
+
+.PHONY: run test lint format bench services down clean help
+
+help:
+	@echo "make run    - set up and start every process of the Procfile, with demo data"
+	@echo "make test   - set up and run lint + every test (what CI runs)"
+	@echo "make lint   - ruff check, ruff format --check, mypy"
+	@echo "make bench  - run the benchmarks against the real stack"
+	@echo "make down   - stop the private PostgreSQL/Redis under .run/"
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(SERVICES) exec -- $(PY) -m config.devrun
+
+test: $(STAMP)
+	$(SERVICES) exec -- $(MAKE) --no-print-directory lint pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+pytest: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: $(STAMP)
+	$(SERVICES) exec -- $(PY) -m bench $(BENCH_ARGS)
+
+services: $(STAMP)
+	$(SERVICES) up
+
+down: $(STAMP)
+	$(SERVICES) down
+
+clean: down
+	rm -rf $(VENV) .run staticfiles .pytest_cache .mypy_cache .ruff_cache

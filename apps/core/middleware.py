@@ -1,0 +1,75 @@
+"""Request id on every request, and JSON (never HTML) errors under /api/."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from tasks.context import clean_request_id, new_request_id, reset_request_id, set_request_id
+
+from .errors import ErrorCode
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+class RequestIdMiddleware:
+    """Reads or makes `X-Request-ID`, exposes it to logs and tasks, and returns it."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        request_id = clean_request_id(request.headers.get(REQUEST_ID_HEADER)) or new_request_id()
+        request.request_id = request_id  # type: ignore[attr-defined]
+        token = set_request_id(request_id)
+        try:
+            response = self.get_response(request)
+        finally:
+            reset_request_id(token)
+        response[REQUEST_ID_HEADER] = request_id
+        return response
+
+
+_STATUS_CODES = {
+    400: (ErrorCode.BAD_REQUEST, "Bad request."),
+    403: (ErrorCode.PERMISSION_DENIED, "Permission denied."),
+    404: (ErrorCode.NOT_FOUND, "Not found."),
+    405: (ErrorCode.METHOD_NOT_ALLOWED, "Method not allowed."),
+    413: (ErrorCode.REQUEST_TOO_LARGE, "Request body is too large."),
+    500: (ErrorCode.SERVER_ERROR, "Internal server error."),
+}
+
+
+class ApiJsonErrorsMiddleware:
+    """Replaces Django's HTML error pages (404, 405, 400, 500 …) with JSON under /api/.
+
+    DRF views already answer JSON; this covers unknown routes, Django-level rejections
+    (bad Host, oversize form bodies) and bugs, including DEBUG's technical pages.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if not request.path.startswith("/api/") or response.status_code < 400:
+            return response
+        if response.get("Content-Type", "").startswith("application/json"):
+            return response
+        code, detail = _STATUS_CODES.get(
+            response.status_code,
+            (ErrorCode.SERVER_ERROR, "Error.")
+            if response.status_code >= 500
+            else (ErrorCode.BAD_REQUEST, "Bad request."),
+        )
+        replacement = JsonResponse(
+            {"code": code.value, "detail": detail}, status=response.status_code
+        )
+        for header in ("Allow", "Retry-After", "WWW-Authenticate"):
+            if header in response:
+                replacement[header] = response[header]
+        return replacement

@@ -1,0 +1,25 @@
+"""Thin Celery entry points of the ops app."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from apps.core.redis import get_redis
+
+from . import services
+
+
+@shared_task(name="ops.pong")
+def pong(ping_id: int) -> None:
+    services.ping_answer(ping_id=ping_id)
+
+
+@shared_task(name="ops.noop")
+def noop() -> None:
+    """Does nothing: the bench's measure of raw Celery throughput."""
+
+
+@shared_task(name="ops.bench_ack")
+def bench_ack(list_key: str) -> None:
+    """Pushes one item onto a Redis list, so the bench can count completions."""
+    get_redis().rpush(list_key, 1)

@@ -1,0 +1,14 @@
+from django.urls import URLPattern, path
+
+from . import api
+
+urlpatterns = [
+    path("pings/", api.PingListCreateView.as_view(), name="ops-pings"),
+    path("pings/<int:ping_id>/", api.PingDetailView.as_view(), name="ops-ping"),
+]
+
+bench_api_urlpatterns: list[URLPattern] = [
+    path("noop/", api.AnonymousNoopView.as_view()),
+    path("noop-auth/", api.AuthenticatedNoopView.as_view()),
+    path("one-query/", api.OneQueryView.as_view()),
+]

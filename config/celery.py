@@ -1,0 +1,58 @@
+"""The Celery app: queues, routes and the delivery guarantees every Surge task relies on."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from kombu import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+app = Celery("surge")
+# Lazy: CELERY_* Django settings (broker URL, worker concurrency) are read on first use,
+# so importing `config` stays cheap and free of side effects.
+app.config_from_object("django.conf:settings", namespace="CELERY")
+
+# The longest hard time limit of any queue. The Redis transport re-delivers an unacked
+# message after `visibility_timeout`, so it must be longer than any task may run, or a
+# slow task would be handed to a second worker while the first is still at it.
+LONGEST_HARD_LIMIT_S = 600
+
+app.conf.update(
+    broker_connection_retry_on_startup=True,
+    broker_transport_options={
+        "visibility_timeout": LONGEST_HARD_LIMIT_S * 2,
+        "socket_connect_timeout": 2,
+        "socket_timeout": 5,
+    },
+    # Only JSON crosses the broker: never pickle.
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    # At-least-once delivery: ack after the task ran, and re-queue it when the worker
+    # process dies under it. Every consumer is idempotent to make that safe.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_default_queue="default",
+    task_queues=[Queue("high"), Queue("default"), Queue("bulk")],
+    task_create_missing_queues=False,
+    task_soft_time_limit=LONGEST_HARD_LIMIT_S - 30,
+    task_time_limit=LONGEST_HARD_LIMIT_S,
+    # Keep Django's LOGGING (structured lines with request ids) in the worker too.
+    worker_hijack_root_logger=False,
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    beat_scheduler="django_celery_beat.schedulers:DatabaseScheduler",
+    beat_schedule={
+        "purge-idempotency-records": {
+            "task": "core.purge_idempotency_records",
+            "schedule": 3600.0,
+        },
+    },
+    timezone="UTC",
+)
+
+app.autodiscover_tasks()

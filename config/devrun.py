@@ -1,0 +1,57 @@
+"""`make run`, after the services are up: migrate, bootstrap, print the URLs, start the
+Procfile with honcho. Ctrl-C reaches honcho, which stops every process it started."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _manage(*args: str) -> None:
+    subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], check=True, cwd=ROOT)
+
+
+def _urls() -> list[tuple[str, str]]:
+    host = os.environ.get("PUBLIC_HOST", "localhost")
+    web = f"http://{host}:{os.environ.get('WEB_PORT', '8000')}"
+    ws = f"ws://{host}:{os.environ.get('WS_PORT', '8001')}"
+    flower = f"http://{host}:{os.environ.get('FLOWER_PORT', '5555')}"
+    return [
+        ("home", f"{web}/"),
+        ("API docs", f"{web}/api/docs/"),
+        ("OpenAPI", f"{web}/api/schema/"),
+        ("admin", f"{web}/admin/"),
+        ("readiness", f"{web}/readyz"),
+        ("WebSockets", f"{ws}/ws/"),
+        ("Flower", f"{flower}/ (basic auth {os.environ.get('FLOWER_BASIC_AUTH', 'admin:admin')})"),
+    ]
+
+
+def main() -> None:
+    bin_dir = str(Path(sys.executable).parent)
+    os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    _manage("migrate", "--noinput", "-v", "0")
+    if os.environ.get("DJANGO_DEBUG", "true").lower() in {"0", "false", "no", "off"}:
+        _manage("collectstatic", "--noinput", "-v", "0")
+    _manage("bootstrap")
+    operator = os.environ.get("DJANGO_SUPERUSER_USERNAME", "admin")
+    print(
+        "\nSurge is starting. Operator account:",
+        operator,
+        "(password from DJANGO_SUPERUSER_PASSWORD,",
+    )
+    print("'admin' in development). URLs:")
+    for name, url in _urls():
+        print(f"  {name:<11} {url}")
+    print("Ctrl-C stops every process.\n", flush=True)
+    os.chdir(ROOT)
+    os.execvp("honcho", ["honcho", "start", "-f", str(ROOT / "Procfile")])
+
+
+if __name__ == "__main__":
+    main()

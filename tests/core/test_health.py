@@ -1,0 +1,63 @@
+"""/healthz and /readyz against the live stack, including a dead worker and a dead Redis."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from config.devservices import PrivateRedis
+
+from ..harness import LiveProcess
+
+pytestmark = pytest.mark.live
+
+
+def test_healthz(live_web: LiveProcess) -> None:
+    response = requests.get(f"{live_web.url}/healthz", timeout=5)
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_readyz_ok_with_a_worker(live_web: LiveProcess, live_worker: LiveProcess) -> None:
+    response = requests.get(f"{live_web.url}/readyz", timeout=10)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["database"] == body["redis"] == body["broker"] == "ok"
+    assert body["workers"] >= 1
+
+
+def test_readyz_503_when_the_worker_is_gone(
+    live_web: LiveProcess, live_worker: LiveProcess
+) -> None:
+    live_worker.kill()
+    response = requests.get(f"{live_web.url}/readyz", timeout=10)
+    assert response.status_code == 503
+    body = response.json()
+    assert body["workers"] == 0
+    assert body["failing"] == ["workers"]
+    live_worker.start()
+    assert requests.get(f"{live_web.url}/readyz", timeout=10).status_code == 200
+
+
+def test_readyz_503_when_redis_is_down(
+    live_web: LiveProcess, live_worker: LiveProcess, private_redis: PrivateRedis
+) -> None:
+    private_redis.stop()
+    try:
+        response = requests.get(f"{live_web.url}/readyz", timeout=20)
+        assert response.status_code == 503
+        body = response.json()
+        assert body["database"] == "ok"
+        assert "redis" in body["failing"] and "broker" in body["failing"]
+        assert body["redis"].startswith("error")
+    finally:
+        private_redis.start()
+    # The worker reconnects by itself once Redis is back.
+    from ..harness import wait_for
+
+    wait_for(
+        lambda: requests.get(f"{live_web.url}/readyz", timeout=10).status_code == 200,
+        timeout=30,
+        interval=0.5,
+        what="readiness after Redis came back",
+    )

@@ -1,0 +1,183 @@
+"""Real processes for live tests, and small clients to drive them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(
+    condition: Callable[[], Any], *, timeout: float = 15.0, interval: float = 0.1, what: str = ""
+) -> Any:
+    """Polls until `condition()` is truthy and returns it; fails the test on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}: {last!r}")
+
+
+def database_url_of(db: dict[str, Any]) -> str:
+    user = quote(db.get("USER") or "", safe="")
+    password = quote(db.get("PASSWORD") or "", safe="")
+    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+    host = db.get("HOST") or "127.0.0.1"
+    port = db.get("PORT") or 5432
+    return f"postgres://{auth}{host}:{port}/{db['NAME']}"
+
+
+def http_ready(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def worker_ready(process: LiveProcess) -> bool:
+    return " ready." in process.log_text()
+
+
+class LiveProcess:
+    """A subprocess in its own process group, logging to a file the test can read."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        log_dir: Path,
+        ready: Callable[[LiveProcess], bool],
+        url: str | None = None,
+        ready_timeout: float = 30.0,
+    ) -> None:
+        self.name = name
+        self.argv = [str(BIN / argv[0]), *argv[1:]]
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.ready = ready
+        self.url = url
+        self.ready_timeout = ready_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> None:
+        self.log_path.write_bytes(b"")
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own group: kill() reaches the pool children too
+        )
+        log.close()
+        deadline = time.monotonic() + self.ready_timeout
+        while not self.ready(self):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early:\n{self.log_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} not ready in time:\n{self.log_text()[-3000:]}")
+            time.sleep(0.1)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _signal_group(self, sig: int) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no cleanup, no acks, as in a crash."""
+        self._signal_group(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if not self.alive():
+            self._signal_group(signal.SIGKILL)  # orphaned children, if any
+            return
+        assert self.proc is not None
+        self._signal_group(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._signal_group(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self._signal_group(signal.SIGKILL)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class ApiClient:
+    """requests against the live web process, with the token and JSON conveniences."""
+
+    def __init__(self, base_url: str, token: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.session = requests.Session()
+        self.user_id: int | None = None
+        self.username: str | None = None
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = dict(kwargs.pop("headers", None) or {})
+        if self.token and "Authorization" not in headers:
+            headers["Authorization"] = f"Token {self.token}"
+        kwargs.setdefault("timeout", 15)
+        return self.session.request(method, self.base_url + path, headers=headers, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, json: Any = None, **kwargs: Any) -> requests.Response:
+        return self.request("POST", path, json=json, **kwargs)
+
+    def register(self, username: str | None = None, password: str = "pw-12345") -> ApiClient:
+        """A new user; returns a client that sends its token."""
+        username = username or f"user-{uuid.uuid4().hex[:12]}"
+        response = requests.post(
+            f"{self.base_url}/api/auth/register/",
+            json={"username": username, "password": password},
+            timeout=15,
+        )
+        assert response.status_code == 201, response.text
+        client = ApiClient(self.base_url, token=response.json()["token"])
+        client.user_id = response.json()["id"]
+        client.username = username
+        return client
