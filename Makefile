@@ -7,6 +7,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SERVICES := $(PY) -m config.devservices
 
+# Settings from a local .env (git-ignored; see .env.example), exported to every command.
+ifneq (,$(wildcard .env))
+include .env
+export $(shell sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' .env)
+endif
+
 .PHONY: run test lint format bench services down clean help
 
 help:

@@ -32,7 +32,8 @@ from .harness import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_DIR = ROOT / ".run" / "test"
+# Per test database, so two sessions (say, two checkouts) never share a private Redis.
+RUN_DIR = ROOT / ".run" / f"test-{settings.DATABASES['default']['TEST']['NAME']}"
 LOG_DIR = RUN_DIR / "logs"
 
 # Started at import, before any cache, broker or channel-layer connection exists, so that
@@ -70,7 +71,7 @@ def live_env(django_db_setup: None) -> dict[str, str]:
     """Environment for processes that must share this session's test database and Redis."""
     env = dict(os.environ)
     env.update(
-        DJANGO_SETTINGS_MODULE="config.settings",
+        DJANGO_SETTINGS_MODULE="tests.settings",
         DATABASE_URL=database_url_of(settings.DATABASES["default"]),
         REDIS_URL=PRIVATE_REDIS.url,
         CACHE_REDIS_URL=PRIVATE_REDIS.url,
