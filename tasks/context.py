@@ -51,7 +51,5 @@ class RequestIdLogFilter(logging.Filter):
             # django.request logs a response after the middleware has left the context,
             # but it passes the request along.
             request = getattr(record, "request", None)
-            record.request_id = (
-                _request_id.get() or getattr(request, "request_id", None) or "-"
-            )
+            record.request_id = _request_id.get() or getattr(request, "request_id", None) or "-"
         return True
