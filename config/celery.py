@@ -22,7 +22,9 @@ LONGEST_HARD_LIMIT_S = 600
 app.conf.update(
     broker_connection_retry_on_startup=True,
     broker_transport_options={
-        "visibility_timeout": LONGEST_HARD_LIMIT_S * 2,
+        "visibility_timeout": int(
+            os.environ.get("CELERY_VISIBILITY_TIMEOUT", LONGEST_HARD_LIMIT_S * 2)
+        ),
         "socket_connect_timeout": 2,
         "socket_timeout": 5,
     },

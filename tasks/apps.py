@@ -7,4 +7,6 @@ class TasksConfig(AppConfig):
     verbose_name = "Async toolkit"
 
     def ready(self) -> None:
-        from . import signals  # noqa: F401  (connects the Celery signal handlers)
+        # Signal handlers, and the modules that define the toolkit's own Celery tasks (the
+        # `tasks` app has no `tasks.py` for autodiscovery to find).
+        from . import deadletters, outbox, saga, signals, tracing  # noqa: F401

@@ -1,1 +1,0 @@
-"""Test-only models for the toolkit's tests (added by helpers as the toolkit grows)."""
