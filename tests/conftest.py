@@ -78,6 +78,8 @@ def live_env(django_db_setup: None) -> dict[str, str]:
         CHANNELS_REDIS_URL=PRIVATE_REDIS.url,
         CELERY_BROKER_URL=PRIVATE_REDIS.url,
         AUTH_TOKEN_CACHE_SECONDS="1",
+        # A worker killed mid-task has its message handed out again after this long.
+        CELERY_VISIBILITY_TIMEOUT="10",
         PYTHONUNBUFFERED="1",
         LOG_FORMAT="text",
     )

@@ -9,6 +9,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
+from rest_framework.authentication import TokenAuthentication
 from rest_framework.generics import ListAPIView
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
@@ -103,6 +104,16 @@ class AnonymousNoopView(_NoSchema):
 class AuthenticatedNoopView(_NoSchema):
     """The API's real authentication, and nothing else."""
 
+    permission_classes = [IsAuthenticated]
+
+    def post(self, request: Request) -> Response:
+        return Response({"ok": True, "user": request.user.pk})
+
+
+class StockTokenAuthNoopView(_NoSchema):
+    """DRF's own TokenAuthentication (a query per request), for comparison only."""
+
+    authentication_classes = [TokenAuthentication]
     permission_classes = [IsAuthenticated]
 
     def post(self, request: Request) -> Response:

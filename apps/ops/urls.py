@@ -10,5 +10,6 @@ urlpatterns = [
 bench_api_urlpatterns: list[URLPattern] = [
     path("noop/", api.AnonymousNoopView.as_view()),
     path("noop-auth/", api.AuthenticatedNoopView.as_view()),
+    path("noop-stock-auth/", api.StockTokenAuthNoopView.as_view()),
     path("one-query/", api.OneQueryView.as_view()),
 ]

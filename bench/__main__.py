@@ -1,0 +1,29 @@
+"""`python -m bench [scenario]` (or `make bench BENCH_ARGS=...`): runs against the real
+stack and prints Markdown tables; record them in bench/RESULTS.md with the command."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+from . import baseline
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("scenario", nargs="?", default="baseline", choices=["baseline"])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per HTTP row")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--tasks", type=int, default=5000, help="messages per Celery row")
+    args = parser.parse_args()
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    table = baseline.run(duration=args.duration, concurrency=args.concurrency, tasks=args.tasks)
+    print(
+        f"\n## {args.scenario} ({started}, {platform.node()}, Python {platform.python_version()})\n"
+    )
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Starts Surge the way production runs it, for benchmarks: DEBUG off, gunicorn with
+cores + 1 sync workers, real Celery workers, a separate `<db>_bench` database.
+
+Used under `config.devservices exec` (what `make bench` does), so DATABASE_URL and
+REDIS_URL point at running servers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+LOG_DIR = ROOT / ".run" / "bench"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _bench_database_url(url: str) -> str:
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/") or "surge"
+    return urlunsplit(parts._replace(path=f"/{name}_bench"))
+
+
+class Stack:
+    """`with Stack() as stack:` gives `stack.web_url`, `stack.env`, `stack.token(...)`."""
+
+    def __init__(
+        self,
+        *,
+        web_workers: int | None = None,
+        worker_procs: int = 1,
+        worker_concurrency: int = 2,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.web_workers = web_workers or (os.cpu_count() or 2) + 1
+        self.worker_procs = worker_procs
+        self.worker_concurrency = worker_concurrency
+        self.port = _free_port()
+        self.web_url = f"http://127.0.0.1:{self.port}"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.env = dict(os.environ)
+        self.env.update(
+            DJANGO_SETTINGS_MODULE="config.settings",
+            DJANGO_DEBUG="false",
+            DJANGO_SECRET_KEY=secrets.token_urlsafe(48),
+            DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
+            DATABASE_URL=_bench_database_url(os.environ["DATABASE_URL"]),
+            LOG_LEVEL="WARNING",
+            PYTHONUNBUFFERED="1",
+            DJANGO_SUPERUSER_USERNAME="bench-admin",
+            DJANGO_SUPERUSER_PASSWORD=secrets.token_urlsafe(16),
+        )
+        self.env.update(extra_env or {})
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def __enter__(self) -> Stack:
+        from config.devservices import ensure_database
+
+        ensure_database(self.env["DATABASE_URL"])
+        self._manage("migrate", "--noinput", "-v", "0")
+        self._manage("bootstrap", "--no-demo")
+        self.flush_redis_queues()
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self._spawn(
+            "web",
+            [
+                str(BIN / "gunicorn"),
+                "config.wsgi",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                str(self.web_workers),
+                "--worker-class",
+                "sync",
+                "--keep-alive",
+                "5",
+                "--backlog",
+                "2048",
+                "--log-level",
+                "warning",
+            ],
+        )
+        for index in range(self.worker_procs):
+            self._spawn(
+                f"worker{index}",
+                [
+                    str(BIN / "celery"),
+                    "-A",
+                    "config",
+                    "worker",
+                    "-Q",
+                    "high,default,bulk",
+                    "--concurrency",
+                    str(self.worker_concurrency),
+                    "--loglevel",
+                    "WARNING",
+                    "--hostname",
+                    f"bench{index}-{os.getpid()}@%h",
+                    "--without-mingle",
+                    "--without-gossip",
+                ],
+            )
+        self._wait_ready()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def _manage(self, *args: str) -> None:
+        subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), *args],
+            env=self.env,
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = (LOG_DIR / f"{name}.log").open("wb")
+        self.procs.append(
+            subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+
+    def _wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                ready = requests.get(f"{self.web_url}/readyz", timeout=3)
+                if ready.status_code == 200 and ready.json().get("workers", 0) >= self.worker_procs:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"stack not ready; see logs in {LOG_DIR}")
+
+    # --- helpers for scenarios ---------------------------------------------------------
+    def django(self) -> Any:
+        """Set up Django in this process against the bench database (for fixtures)."""
+        os.environ.update(
+            {
+                k: self.env[k]
+                for k in (
+                    "DATABASE_URL",
+                    "DJANGO_SETTINGS_MODULE",
+                    "DJANGO_DEBUG",
+                    "DJANGO_SECRET_KEY",
+                    "DJANGO_ALLOWED_HOSTS",
+                )
+            }
+        )
+        import django
+
+        django.setup()
+        return django
+
+    def tokens(self, count: int, prefix: str = "bench") -> list[str]:
+        """`count` users with API tokens (created once, reused by later runs)."""
+        self.django()
+        from django.contrib.auth import get_user_model
+        from rest_framework.authtoken.models import Token
+
+        user_model = get_user_model()
+        keys = []
+        for index in range(count):
+            user, created = user_model.objects.get_or_create(username=f"{prefix}-{index}")
+            if created:
+                user.set_unusable_password()
+                user.save()
+            keys.append(Token.objects.get_or_create(user=user)[0].key)
+        return keys
+
+    def flush_redis_queues(self) -> None:
+        import redis
+
+        client = redis.Redis.from_url(self.env["REDIS_URL"])
+        for queue in ("high", "default", "bulk"):
+            client.delete(queue)
