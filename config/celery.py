@@ -55,6 +55,7 @@ app.conf.update(
             "task": "core.purge_idempotency_records",
             "schedule": 3600.0,
         },
+        "prune-trace-events": {"task": "tasks.trace_prune", "schedule": 3600.0},
     },
     timezone="UTC",
 )

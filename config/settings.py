@@ -265,3 +265,9 @@ LOGGING = {
 # (no collectstatic needed); production serves the collected, hashed files.
 WHITENOISE_USE_FINDERS = DEBUG
 WHITENOISE_AUTOREFRESH = DEBUG
+
+# --- Tracing (tasks/tracing.py) ----------------------------------------------------------
+TRACE_ENABLED = env.bool("TRACE_ENABLED", default=True)
+TRACE_FLUSH = env.str("TRACE_FLUSH", default="thread")  # "thread" (batched) or "sync"
+TRACE_FLUSH_INTERVAL = env.float("TRACE_FLUSH_INTERVAL", default=0.5)
+TRACE_RETENTION_DAYS = env.int("TRACE_RETENTION_DAYS", default=7)

@@ -80,6 +80,8 @@ def live_env(django_db_setup: None) -> dict[str, str]:
         AUTH_TOKEN_CACHE_SECONDS="1",
         # A worker killed mid-task has its message handed out again after this long.
         CELERY_VISIBILITY_TIMEOUT="10",
+        TRACE_FLUSH="thread",
+        TRACE_FLUSH_INTERVAL="0.2",
         PYTHONUNBUFFERED="1",
         LOG_FORMAT="text",
     )

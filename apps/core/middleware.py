@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from tasks import tracing
 from tasks.context import clean_request_id, new_request_id, reset_request_id, set_request_id
 
 from .errors import ErrorCode
@@ -26,12 +29,34 @@ class RequestIdMiddleware:
         request_id = clean_request_id(request.headers.get(REQUEST_ID_HEADER)) or new_request_id()
         request.request_id = request_id  # type: ignore[attr-defined]
         token = set_request_id(request_id)
+        started_at = datetime.now(tz=UTC)
+        started = time.perf_counter()
         try:
             response = self.get_response(request)
+            if _traced(request):
+                tracing.record(
+                    "http.request",
+                    f"{request.method} {request.path}",
+                    at=started_at,
+                    detail={
+                        "status": response.status_code,
+                        "ms": round((time.perf_counter() - started) * 1000, 1),
+                        "user": getattr(getattr(request, "user", None), "pk", None),
+                    },
+                )
         finally:
             reset_request_id(token)
         response[REQUEST_ID_HEADER] = request_id
         return response
+
+
+def _traced(request: HttpRequest) -> bool:
+    """Writes to the API start flows worth tracing; reads and bench plumbing do not."""
+    return (
+        request.method not in ("GET", "HEAD", "OPTIONS")
+        and request.path.startswith("/api/")
+        and not request.path.startswith("/api/bench/")
+    )
 
 
 _STATUS_CODES = {
