@@ -136,7 +136,7 @@ def live_ws(live_env: dict[str, str]) -> Iterator[LiveProcess]:
                 "--port",
                 str(port),
                 "--ws",
-                "websockets",
+                "websockets-sansio",
                 "--lifespan",
                 "off",
                 "--no-access-log",
