@@ -56,6 +56,9 @@ app.conf.update(
             "schedule": 3600.0,
         },
         "prune-trace-events": {"task": "tasks.trace_prune", "schedule": 3600.0},
+        # Accepted coupon requests whose drain message was lost; gates Redis forgot.
+        "coupons-sweep": {"task": "coupons.sweep", "schedule": 5.0},
+        "coupons-reconcile": {"task": "coupons.reconcile", "schedule": 10.0},
     },
     timezone="UTC",
 )

@@ -48,6 +48,8 @@ INSTALLED_APPS = [
     "apps.core",
     "apps.accounts",
     "apps.ops",
+    "apps.coupons",
+    "apps.wallets",
 ]
 
 MIDDLEWARE = [
@@ -271,3 +273,11 @@ TRACE_ENABLED = env.bool("TRACE_ENABLED", default=True)
 TRACE_FLUSH = env.str("TRACE_FLUSH", default="thread")  # "thread" (batched) or "sync"
 TRACE_FLUSH_INTERVAL = env.float("TRACE_FLUSH_INTERVAL", default=0.5)
 TRACE_RETENTION_DAYS = env.int("TRACE_RETENTION_DAYS", default=7)
+
+# --- Coupons -----------------------------------------------------------------------------
+# Issue requests per user per window (all campaigns together): far above one honest try per
+# campaign, far below a script hammering the endpoint.
+COUPON_ISSUE_RATE_LIMIT = env.int("COUPON_ISSUE_RATE_LIMIT", default=20)
+COUPON_ISSUE_RATE_WINDOW_MS = env.int("COUPON_ISSUE_RATE_WINDOW_MS", default=10_000)
+# At most one "drain now" message per campaign this often; the sweep catches the rest.
+COUPON_DRAIN_EVERY_MS = env.int("COUPON_DRAIN_EVERY_MS", default=100)

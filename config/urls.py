@@ -9,6 +9,8 @@ from apps.ops.urls import bench_api_urlpatterns
 api_patterns: list[URLPattern | URLResolver] = [
     path("auth/", include("apps.accounts.urls")),
     path("ops/", include("apps.ops.urls")),
+    path("coupons/", include("apps.coupons.urls")),
+    path("wallets/", include("apps.wallets.urls")),
     path("bench/", include(bench_api_urlpatterns)),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

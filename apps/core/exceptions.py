@@ -7,8 +7,10 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
-from django.db import DataError
+from django.db import DataError, OperationalError
 from django.http import Http404
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -57,6 +59,15 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         exc = exceptions.PermissionDenied()
     elif isinstance(exc, RequestDataTooBig):  # Django's DATA_UPLOAD_MAX_MEMORY_SIZE
         exc = RequestTooLarge()
+    elif isinstance(exc, (RedisConnectionError, RedisTimeoutError, OperationalError)):
+        # A dependency is down or restarting: nothing was accepted, and the client may
+        # simply try again.
+        logger.warning("dependency unavailable: %s", exc)
+        return Response(
+            {"code": ErrorCode.SERVICE_UNAVAILABLE.value, "detail": "Try again shortly."},
+            status=503,
+            headers={"Retry-After": "1"},
+        )
     elif isinstance(exc, DataError):
         # A value the database cannot hold (an integer past bigint, say) that a serializer
         # let through: the client's fault, and the transaction has rolled back.
