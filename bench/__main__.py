@@ -7,18 +7,21 @@ import argparse
 import platform
 import time
 
-from . import baseline
+from . import baseline, coupons
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("scenario", nargs="?", default="baseline", choices=["baseline"])
+    parser.add_argument("scenario", nargs="?", default="baseline", choices=["baseline", "coupons"])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per HTTP row")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--tasks", type=int, default=5000, help="messages per Celery row")
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    table = baseline.run(duration=args.duration, concurrency=args.concurrency, tasks=args.tasks)
+    if args.scenario == "coupons":
+        table = coupons.run(duration=args.duration, concurrency=args.concurrency)
+    else:
+        table = baseline.run(duration=args.duration, concurrency=args.concurrency, tasks=args.tasks)
     print(
         f"\n## {args.scenario} ({started}, {platform.node()}, Python {platform.python_version()})\n"
     )

@@ -258,6 +258,12 @@ LOGGING = {
         # Celery's own loggers propagate to root, so worker lines get the same format.
         # Django's own console handler would print every django.* line a second time.
         "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
+        # Every 4xx is a WARNING line by default: a flash sale's thousands of 410s would
+        # cost more to log than to answer. 5xx are still logged.
+        "django.request": {
+            "level": env.str("DJANGO_REQUEST_LOG_LEVEL", default="ERROR"),
+            "propagate": True,
+        },
         "celery": {"level": LOG_LEVEL},
         "django.db.backends": {"level": "WARNING"},
     },

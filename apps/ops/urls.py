@@ -1,5 +1,7 @@
 from django.urls import URLPattern, path
 
+from apps.coupons.naive import NaiveIssueView
+
 from . import api
 
 urlpatterns = [
@@ -12,4 +14,5 @@ bench_api_urlpatterns: list[URLPattern] = [
     path("noop-auth/", api.AuthenticatedNoopView.as_view()),
     path("noop-stock-auth/", api.StockTokenAuthNoopView.as_view()),
     path("one-query/", api.OneQueryView.as_view()),
+    path("coupons/<int:campaign_id>/naive-issue/", NaiveIssueView.as_view()),
 ]

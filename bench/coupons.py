@@ -1,0 +1,162 @@
+"""Coupons under a flash sale: accepted requests/s vs the authenticated no-op, the naive
+in-request variant, and the drain rate (accepted -> persisted)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from .loadgen import LoadResult, format_table, run_load
+from .stack import Stack
+
+
+def _users(stack: Stack, count: int) -> list[str]:
+    """`count` fresh users with tokens, bulk-inserted (each may be accepted only once)."""
+    stack.django()
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    prefix = uuid.uuid4().hex[:8]
+    user_model = get_user_model()
+    keys: list[str] = []
+    for start in range(0, count, 5000):
+        users = user_model.objects.bulk_create(
+            user_model(username=f"cb-{prefix}-{i}", password="!")
+            for i in range(start, min(count, start + 5000))
+        )
+        tokens = Token.objects.bulk_create(Token(user=u, key=Token.generate_key()) for u in users)
+        keys.extend(t.key for t in tokens)
+    return keys
+
+
+def _headers(keys: list[str]) -> list[dict[str, str]]:
+    return [{"Authorization": f"Token {k}", "Content-Type": "application/json"} for k in keys]
+
+
+def _campaign(total: int) -> int:
+    from apps.coupons import services
+
+    return services.campaign_create(
+        name=f"bench {uuid.uuid4().hex[:6]}", total_quantity=total, discount_percent=10
+    ).pk
+
+
+def _pending(campaign_id: int) -> int:
+    from apps.coupons.models import CouponRequest
+
+    return CouponRequest.objects.filter(campaign_id=campaign_id, status="accepted").count()
+
+
+def _wait_drained(campaign_id: int, timeout: float = 300) -> float:
+    from django.db import connection
+
+    started = time.perf_counter()
+    while _pending(campaign_id) and time.perf_counter() - started < timeout:
+        time.sleep(0.05)
+    connection.close()
+    return time.perf_counter() - started
+
+
+def run(*, duration: float, concurrency: int, total: int = 100_000) -> str:
+    # Enough users that none asks twice within the run at the rates seen here.
+    user_count = max(int(duration * 6000), 20_000)
+    with Stack(worker_procs=1, worker_concurrency=2) as stack:
+        keys = _users(stack, user_count)
+        headers = _headers(keys)
+        rows: list[LoadResult] = []
+        rows.append(
+            run_load(
+                name="authenticated DRF no-op POST",
+                url=f"{stack.web_url}/api/bench/noop-auth/",
+                method="POST",
+                header_sets=headers,
+                body=b"{}",
+                duration_s=duration,
+                concurrency=concurrency,
+            )
+        )
+        surge = _campaign(total)
+        issue = run_load(
+            name=f"Surge issue ({total:,} coupons)",
+            url=f"{stack.web_url}/api/coupons/campaigns/{surge}/issue/",
+            method="POST",
+            header_sets=headers,
+            body=b"",
+            duration_s=duration,
+            concurrency=concurrency,
+            warmup_s=0,  # a warm-up would spend users: each may be accepted once
+        )
+        rows.append(issue)
+        drain_tail_s = _wait_drained(surge)
+        naive = _campaign(total)
+        rows.append(
+            run_load(
+                name=f"naive issue: row lock + insert in the request ({total:,})",
+                url=f"{stack.web_url}/api/bench/coupons/{naive}/naive-issue/",
+                method="POST",
+                header_sets=list(reversed(headers)),
+                body=b"",
+                duration_s=duration,
+                concurrency=concurrency,
+                warmup_s=0,
+            )
+        )
+
+        # Drain on its own: a backlog of accepted requests, then time until all are coupons.
+        backlog = min(total, 100_000)
+        drain_campaign = _campaign(backlog)
+        drain_rate, drain_s = _drain_backlog(stack, drain_campaign, backlog)
+
+        noop = rows[0].rps
+        accepted_202 = issue.status_counts.get(202, 0)
+        accepted_rps = accepted_202 / issue.duration_s if issue.duration_s else 0.0
+        lines = [
+            f"c={concurrency}, {duration:.0f} s per row, gunicorn x{stack.web_workers}, "
+            f"{user_count:,} distinct users, worker 1 x 2",
+            "",
+            format_table(
+                rows,
+                extra_cols={
+                    "vs no-op": [f"{r.rps / noop:.0%}" for r in rows],
+                    "answers": [
+                        " ".join(f"{k}:{v}" for k, v in sorted(r.status_counts.items()))
+                        for r in rows
+                    ],
+                },
+            ),
+            "",
+            "| measure | value |",
+            "|---|---|",
+            f"| Surge accepted (202) requests/s | {accepted_rps:,.0f} "
+            f"({accepted_rps / noop:.0%} of no-op) |",
+            f"| Surge vs naive throughput | {issue.rps / rows[2].rps:.1f}x |",
+            f"| last 202 -> last coupon row | {drain_tail_s * 1000:,.0f} ms |",
+            f"| drain of a {backlog:,} backlog | {drain_rate:,.0f} coupons/s ({drain_s:.1f} s) |",
+        ]
+        return "\n".join(lines)
+
+
+def _drain_backlog(stack: Stack, campaign_id: int, count: int) -> tuple[float, float]:
+    """Insert `count` accepted requests directly, then time the workers turning them into
+    coupons (the accept path is measured above; this isolates persisting)."""
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+    from django.utils import timezone
+
+    from apps.coupons.models import CouponRequest
+    from config.celery import app
+
+    user_ids = list(get_user_model().objects.order_by("id").values_list("id", flat=True)[:count])
+    now = timezone.now()
+    for start in range(0, len(user_ids), 10_000):
+        CouponRequest.objects.bulk_create(
+            CouponRequest(campaign_id=campaign_id, user_id=u, accepted_at=now, status="accepted")
+            for u in user_ids[start : start + 10_000]
+        )
+    connection.close()
+    app.conf.broker_url = stack.env["REDIS_URL"]
+    # Two drain chains, as two "drain now" messages would start under load.
+    app.send_task("coupons.persist", args=[campaign_id])
+    app.send_task("coupons.persist", args=[campaign_id])
+    elapsed = _wait_drained(campaign_id)
+    return len(user_ids) / elapsed, elapsed
