@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -25,6 +25,10 @@ app.conf.update(
         "visibility_timeout": int(
             os.environ.get("CELERY_VISIBILITY_TIMEOUT", LONGEST_HARD_LIMIT_S * 2)
         ),
+        # kombu looks for messages whose worker died when a worker starts, then every
+        # interval x throttle seconds (10 x 10 = 100 s by default): every 10 s instead.
+        "unacked_restore_interval": int(os.environ.get("CELERY_UNACKED_RESTORE_INTERVAL", 10)),
+        "unacked_restore_throttle": 1,
         "socket_connect_timeout": 2,
         "socket_timeout": 5,
     },
@@ -39,7 +43,12 @@ app.conf.update(
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
     task_default_queue="default",
-    task_queues=[Queue("high"), Queue("default"), Queue("bulk")],
+    # Each queue on its own exchange and key, so a route by exchange/key reaches one queue.
+    task_queues=[
+        Queue(name, Exchange(name), routing_key=name) for name in ("high", "default", "bulk")
+    ],
+    task_default_exchange="default",
+    task_default_routing_key="default",
     task_create_missing_queues=False,
     task_soft_time_limit=LONGEST_HARD_LIMIT_S - 30,
     task_time_limit=LONGEST_HARD_LIMIT_S,
@@ -51,6 +60,17 @@ app.conf.update(
     task_send_sent_event=False,
     beat_scheduler="django_celery_beat.schedulers:DatabaseScheduler",
     beat_schedule={
+        # Outbox rows left unsent, or published into a Redis that has since lost its data.
+        "outbox-sweep": {
+            "task": "tasks.outbox_sweep",
+            "schedule": 2.0,
+            "options": {"queue": "high", "expires": 10},
+        },
+        "outbox-prune": {
+            "task": "tasks.outbox_prune",
+            "schedule": 3600.0,
+            "options": {"queue": "bulk"},
+        },
         "purge-idempotency-records": {
             "task": "core.purge_idempotency_records",
             "schedule": 3600.0,
@@ -59,6 +79,8 @@ app.conf.update(
         # Accepted coupon requests whose drain message was lost; gates Redis forgot.
         "coupons-sweep": {"task": "coupons.sweep", "schedule": 5.0},
         "coupons-reconcile": {"task": "coupons.reconcile", "schedule": 10.0},
+        # Sagas due for a retry, whose advance message was lost, or whose runner died.
+        "saga-wake": {"task": "tasks.saga_wake", "schedule": 2.0},
     },
     timezone="UTC",
 )

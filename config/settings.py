@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "apps.ops",
     "apps.coupons",
     "apps.wallets",
+    "apps.orders",
 ]
 
 MIDDLEWARE = [
@@ -287,3 +288,24 @@ COUPON_ISSUE_RATE_LIMIT = env.int("COUPON_ISSUE_RATE_LIMIT", default=20)
 COUPON_ISSUE_RATE_WINDOW_MS = env.int("COUPON_ISSUE_RATE_WINDOW_MS", default=10_000)
 # At most one "drain now" message per campaign this often; the sweep catches the rest.
 COUPON_DRAIN_EVERY_MS = env.int("COUPON_DRAIN_EVERY_MS", default=100)
+
+# --- Orders and payments -----------------------------------------------------------------
+PAYMENT_GATEWAY_URL = env.str("PAYMENT_GATEWAY_URL", default="http://127.0.0.1:8010")
+PAYMENT_GATEWAY_TIMEOUT_S = env.float("PAYMENT_GATEWAY_TIMEOUT_S", default=2.0)
+
+# --- Async toolkit: retries, redeliveries, outbox (tasks/) ---------------------------------
+TASK_MAX_RETRIES = env.int("TASK_MAX_RETRIES", default=5)
+TASK_RETRY_BACKOFF_BASE = env.float("TASK_RETRY_BACKOFF_BASE", default=1.0)
+TASK_RETRY_BACKOFF_MAX = env.float("TASK_RETRY_BACKOFF_MAX", default=300.0)
+TASK_MAX_REDELIVERIES = env.int("TASK_MAX_REDELIVERIES", default=5)
+OUTBOX_SWEEP_UNSENT_AFTER_S = env.float("OUTBOX_SWEEP_UNSENT_AFTER_S", default=5.0)
+OUTBOX_REPUBLISH_UNCONFIRMED_AFTER_S = env.float(
+    "OUTBOX_REPUBLISH_UNCONFIRMED_AFTER_S", default=3600.0
+)
+OUTBOX_SWEEP_BATCH_SIZE = env.int("OUTBOX_SWEEP_BATCH_SIZE", default=500)
+OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=7)
+# Sagas (tasks/saga.py): retry backoff, how long a step may run, sweeper batch.
+SAGA_BACKOFF_BASE = env.float("SAGA_BACKOFF_BASE", default=1.0)
+SAGA_BACKOFF_MAX = env.float("SAGA_BACKOFF_MAX", default=60.0)
+SAGA_STEP_TIME_LIMIT = env.float("SAGA_STEP_TIME_LIMIT", default=60.0)
+SAGA_RECOVER_AFTER = env.float("SAGA_RECOVER_AFTER", default=60.0)

@@ -9,4 +9,4 @@ class TasksConfig(AppConfig):
     def ready(self) -> None:
         # Signal handlers, and the modules that define the toolkit's own Celery tasks (the
         # `tasks` app has no `tasks.py` for autodiscovery to find).
-        from . import deadletters, outbox, saga, signals, tracing  # noqa: F401
+        from . import base, deadletters, outbox, saga, signals, tracing  # noqa: F401

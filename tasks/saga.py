@@ -1,1 +1,793 @@
-"""Filled in by the toolkit work."""
+"""Saga orchestrator: multi-step flows whose every step and compensation is a recorded row.
+
+Defining a saga. An app registers its sagas at import time in `apps/<app>/sagas.py`, which its
+`AppConfig.ready()` imports (so web processes, workers and beat all know every kind):
+
+    define_saga("shop.checkout", steps=[
+        Step("reserve", forward=reserve, compensate=release, compensate_name="release"),
+        Step("capture", forward=capture, point_of_no_return=True),
+    ])
+
+A step function takes a `StepContext` and returns None or a dict merged into the saga's
+context. `StepRetry`/`tasks.errors.Transient` and the other transient errors of
+`tasks.base.is_transient` (connection resets, timeouts) are retried with exponential backoff
+and full jitter up to `max_attempts`, after which the step fails with reason
+"<step>_retries_exhausted" (or the `reason` the error carries); `StepFailed(reason)`,
+`tasks.errors.Permanent` and any other error (a bug retried is still a bug) fail it at once,
+with reason "<step>_failed" unless the error carries one. A failed step runs the
+compensations of the steps that succeeded, newest first; compensations retry the same way
+and, when they run out (or fail permanently), the saga is parked as `compensation_failed`
+(`needs_attention`, an ERROR log line) until an operator calls `saga_resume_compensation`
+(the admin's "Retry compensation").
+
+Step functions must be idempotent. Each attempt is committed as `running` before the function
+is called, so a crash is visible and the attempt is counted; the step is then run again. The
+function runs inside the transaction that records its success: its database writes commit
+together with `succeeded` (exactly once) and roll back if it raises or if the runner lost its
+lease meanwhile. Effects outside the database (an HTTP call, a payment) may happen twice: key
+them with `ctx.idempotency_key`.
+
+Running. `saga_start` writes the saga in the caller's transaction and enqueues
+`tasks.saga_advance` through the outbox. Each advance takes the saga's lease (a conditional
+UPDATE, so a saga never has two runners: a second one returns quietly), runs one step, records
+the outcome and enqueues the next advance. Every runnable saga carries `wake_at`; the beat task
+`tasks.saga_wake` re-enqueues sagas whose `wake_at` has passed and whose lease is free. That one
+rule delivers long retry delays (no broker ETA longer than `SAGA_COUNTDOWN_MAX`), recovers lost
+advance messages, and resumes sagas whose runner died mid-step (the lease expires, the step
+still reads `running`, and the next runner counts it as a spent attempt).
+
+Knobs (Django setting, else environment variable, else default): SAGA_BACKOFF_BASE (1 s),
+SAGA_BACKOFF_MAX (60 s), SAGA_COUNTDOWN_MAX (5 s), SAGA_RECOVER_AFTER (60 s: how long a queued
+advance may wait before the sweeper sends another), SAGA_STEP_TIME_LIMIT (60 s soft limit of a
+step; the lease outlasts the hard limit so an expired lease means a dead runner),
+SAGA_WAKE_BATCH (500).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from celery import shared_task
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from . import tracing
+from .base import SurgeTask, backoff_delay, is_transient
+from .context import get_request_id, reset_request_id, set_request_id
+from .errors import IllegalTransition, Permanent, Transient
+from .models.saga import RUNNABLE, Saga, SagaStatus, SagaStep, StepDirection, StepStatus
+from .outbox import outbox_enqueue
+from .statemachine import StateMachine
+
+__all__ = [
+    "SAGA_MACHINE",
+    "STEP_MACHINE",
+    "NotCancellable",
+    "SagaDefinition",
+    "Step",
+    "StepContext",
+    "StepFailed",
+    "StepRetry",
+    "define_saga",
+    "saga_advance",
+    "saga_cancel",
+    "saga_definition",
+    "saga_get",
+    "saga_get_by_ref",
+    "saga_resume_compensation",
+    "saga_run_now",
+    "saga_start",
+    "saga_step_list",
+    "sagas_wake_due",
+]
+
+logger = logging.getLogger(__name__)
+
+S, T = SagaStatus, StepStatus
+
+SAGA_MACHINE = StateMachine(
+    "saga",
+    {
+        S.PENDING: {S.RUNNING, S.COMPENSATING},
+        S.RUNNING: {S.COMPLETED, S.COMPENSATING},
+        S.COMPENSATING: {S.FAILED, S.CANCELLED, S.COMPENSATION_FAILED},
+        S.COMPENSATION_FAILED: {S.COMPENSATING},
+    },
+)
+
+# One table for forward and compensation rows. running -> running is a re-run after the
+# previous runner was lost mid-attempt; failed -> pending is an operator's resume of a
+# compensation (forward rows are never resumed).
+STEP_MACHINE = StateMachine(
+    "saga step",
+    {
+        T.PENDING: {T.RUNNING, T.SKIPPED},
+        T.RUNNING: {T.RUNNING, T.SUCCEEDED, T.RETRYING, T.FAILED},
+        T.RETRYING: {T.RUNNING, T.FAILED},
+        T.FAILED: {T.PENDING},
+    },
+)
+
+
+def _knob(name: str, default: float) -> float:
+    value = getattr(settings, name, None)
+    if value is None:
+        value = os.environ.get(name)
+    return float(value) if value not in (None, "") else default
+
+
+STEP_SOFT_LIMIT = _knob("SAGA_STEP_TIME_LIMIT", 60.0)
+STEP_HARD_LIMIT = STEP_SOFT_LIMIT + 15
+# Longer than the hard limit: once a lease has expired its runner is dead (or rolls back).
+LEASE_SECONDS = STEP_HARD_LIMIT + 15
+
+
+# --- Definitions -------------------------------------------------------------------------
+
+
+class StepFailed(Permanent):
+    """Raised by a step to fail it now; `reason` becomes the saga's failure_reason."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.reason = reason
+
+
+class StepRetry(Transient):
+    """Raised by a step to be retried; `reason` is used if its retries run out."""
+
+    def __init__(self, detail: str = "", *, reason: str | None = None) -> None:
+        super().__init__(detail or reason or "retry")
+        self.reason = reason
+
+
+class NotCancellable(IllegalTransition):
+    """saga_cancel on a saga past its point of no return (or already finished)."""
+
+    def __init__(self, current: str, step: str = "") -> None:
+        super().__init__("saga", current, SagaStatus.CANCELLED)
+        self.step = step
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step or compensation function is told about the attempt in hand."""
+
+    saga_id: int
+    kind: str
+    ref: str
+    step: str
+    direction: str
+    attempt: int
+    context: dict[str, Any]
+    failure_reason: str = ""
+    request_id: str = ""
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across attempts of this step: give it to external services."""
+        return f"saga:{self.saga_id}:{self.direction}:{self.step}"
+
+
+StepFn = Callable[[StepContext], Mapping[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    forward: StepFn
+    compensate: StepFn | None = None
+    compensate_name: str = ""
+    max_attempts: int = 5
+    compensate_max_attempts: int = 0  # 0: same as max_attempts
+    backoff_base: float | None = None
+    backoff_max: float | None = None
+    # Once this step has started, saga_cancel refuses (NotCancellable).
+    point_of_no_return: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.compensate_name:
+            object.__setattr__(self, "compensate_name", f"undo_{self.name}")
+        if self.compensate_max_attempts <= 0:
+            object.__setattr__(self, "compensate_max_attempts", self.max_attempts)
+        if self.max_attempts < 1:
+            raise ValueError(f"step {self.name}: max_attempts must be >= 1")
+
+    def attempts_allowed(self, direction: str) -> int:
+        if direction == StepDirection.FORWARD:
+            return self.max_attempts
+        return self.compensate_max_attempts
+
+
+@dataclass(frozen=True)
+class SagaDefinition:
+    kind: str
+    steps: tuple[Step, ...] = field(default_factory=tuple)
+    # Called with (saga, new status) inside the transaction that changes the status, so an
+    # app can keep its own row's status in step with the saga (never out of step).
+    on_status: Callable[[Saga, str], None] | None = None
+
+    def step_at(self, index: int, name: str, direction: str) -> Step | None:
+        """The step a row refers to, or None if the definition changed under the saga."""
+        if index >= len(self.steps):
+            return None
+        step = self.steps[index]
+        if direction == StepDirection.FORWARD:
+            return step if step.name == name else None
+        return step if step.compensate and step.compensate_name == name else None
+
+
+_REGISTRY: dict[str, SagaDefinition] = {}
+
+
+def define_saga(
+    kind: str,
+    *,
+    steps: Sequence[Step],
+    on_status: Callable[[Saga, str], None] | None = None,
+) -> SagaDefinition:
+    """Registers a saga kind. Re-importing a module may define it again with the same step
+    names; two different definitions of one kind are a bug and raise."""
+    names = [s.name for s in steps] + [s.compensate_name for s in steps if s.compensate]
+    if not steps or len(names) != len(set(names)):
+        raise ValueError(f"saga {kind}: needs steps, with unique step/compensation names")
+    definition = SagaDefinition(kind=kind, steps=tuple(steps), on_status=on_status)
+    existing = _REGISTRY.get(kind)
+    if existing and [s.name for s in existing.steps] != [s.name for s in steps]:
+        raise ValueError(f"saga {kind} is already defined with other steps")
+    _REGISTRY[kind] = definition
+    return definition
+
+
+def saga_definition(kind: str) -> SagaDefinition:
+    try:
+        return _REGISTRY[kind]
+    except KeyError:
+        raise LookupError(
+            f"saga kind {kind!r} is not defined (is its sagas module imported?)"
+        ) from None
+
+
+# --- Services ----------------------------------------------------------------------------
+
+
+def saga_start(
+    *, kind: str, ref: str = "", context: Mapping[str, Any] | None = None, publish: bool = True
+) -> Saga:
+    """Writes a pending saga and its forward step rows in the caller's transaction and has it
+    run after commit. One saga per (kind, ref): starting it again returns the first one.
+
+    `publish=False` leaves the first turn to the `tasks.saga_wake` sweeper (nothing touches the
+    broker; the tests use it to stand for a lost message).
+    """
+    definition = saga_definition(kind)
+    now = timezone.now()
+    with transaction.atomic():
+        if ref:
+            existing = Saga.objects.filter(kind=kind, ref=ref).first()
+            if existing is not None:
+                return existing
+        try:
+            with transaction.atomic():
+                saga = Saga.objects.create(
+                    kind=kind,
+                    ref=ref,
+                    context=dict(context or {}),
+                    request_id=get_request_id() or "",
+                    wake_at=now + timedelta(seconds=_recover_after() if publish else 0),
+                )
+        except IntegrityError:
+            if not ref:
+                raise
+            return Saga.objects.get(kind=kind, ref=ref)
+        SagaStep.objects.bulk_create(
+            SagaStep(saga=saga, index=i, name=step.name, direction=StepDirection.FORWARD)
+            for i, step in enumerate(definition.steps)
+        )
+        _trace_status(saga, "", SagaStatus.PENDING)
+        if publish:
+            _enqueue_advance(saga.pk)
+    return saga
+
+
+def saga_advance(*, saga_id: int) -> bool:
+    """Runs one turn of the saga: at most one step or compensation function.
+
+    Invariant: at most one runner per saga. The lease is taken by a conditional UPDATE; a
+    caller that finds it held (or the saga finished) returns False and changes nothing.
+    """
+    token = uuid.uuid4().hex
+    lease = timedelta(seconds=LEASE_SECONDS)
+    taken = (
+        Saga.objects.filter(pk=saga_id, status__in=RUNNABLE)
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=Now()))
+        .update(lease_token=token, lease_until=Now() + lease, wake_at=Now() + lease)
+    )
+    if not taken:
+        return False
+    try:
+        _turn(saga_id, token)
+    finally:
+        Saga.objects.filter(pk=saga_id, lease_token=token).update(lease_token="", lease_until=None)
+    return True
+
+
+def saga_cancel(*, saga_id: int, reason: str = "cancelled") -> Saga:
+    """Stops forward progress and compensates the steps that succeeded; the saga ends
+    `cancelled`. Refused (NotCancellable, an IllegalTransition) once a point-of-no-return step
+    has started or the saga has finished otherwise; cancelling twice changes nothing.
+
+    Safe against a runner mid-step: under the saga's row lock, a held lease only records
+    `cancel_requested` and the runner compensates at its next turn; a free lease lets the
+    cancel move the saga to `compensating` itself.
+    """
+    with transaction.atomic():
+        saga = Saga.objects.select_for_update().get(pk=saga_id)
+        if saga.status == SagaStatus.CANCELLED or (
+            saga.cancel_requested and saga.status in RUNNABLE
+        ):
+            return saga
+        if saga.status not in (SagaStatus.PENDING, SagaStatus.RUNNING):
+            raise NotCancellable(saga.status)
+        definition = saga_definition(saga.kind)
+        started = saga.steps.filter(direction=StepDirection.FORWARD).exclude(
+            status__in=[StepStatus.PENDING, StepStatus.SKIPPED]
+        )
+        for row in started:
+            step = definition.step_at(row.index, row.name, row.direction)
+            if step is not None and step.point_of_no_return:
+                raise NotCancellable(saga.status, step.name)
+        saga.cancel_requested = True
+        saga.failure_reason = reason[:200]
+        if not Saga.objects.filter(pk=saga.pk, lease_until__gt=Now()).exists():
+            _begin_compensation(saga, definition)
+            # A runner past its expired lease must not record anything after this.
+            saga.lease_token, saga.lease_until = "", None
+            if saga.status in RUNNABLE:
+                saga.wake_at = timezone.now() + timedelta(seconds=_recover_after())
+                _enqueue_advance(saga.pk)
+        saga.save()
+    logger.info("saga %s #%s cancel requested: %s", saga.kind, saga.pk, reason)
+    return saga
+
+
+def saga_resume_compensation(*, saga_id: int) -> Saga:
+    """An operator's retry of a parked saga: the failed compensation gets a fresh round of
+    attempts and the compensations continue from there (those that succeeded do not run
+    again). Only a `compensation_failed` saga can be resumed (else IllegalTransition)."""
+    with transaction.atomic():
+        saga = Saga.objects.select_for_update().get(pk=saga_id)
+        if saga.status != SagaStatus.COMPENSATION_FAILED:
+            # running -> compensating is a legal move, but not one an operator may force.
+            raise IllegalTransition("saga resume", saga.status, SagaStatus.COMPENSATING)
+        _saga_move(saga, SagaStatus.COMPENSATING)
+        STEP_MACHINE.update(
+            saga.steps.filter(direction=StepDirection.COMPENSATION),
+            current=StepStatus.FAILED,
+            target=StepStatus.PENDING,
+            strict=False,
+            attempts=0,
+            finished_at=None,
+            at=timezone.now(),
+        )
+        saga.needs_attention = False
+        saga.error = ""
+        saga.wake_at = timezone.now() + timedelta(seconds=_recover_after())
+        saga.save()
+        _enqueue_advance(saga.pk)
+    logger.info("saga %s #%s compensation resumed", saga.kind, saga.pk)
+    return saga
+
+
+def saga_run_now(*, saga_id: int) -> bool:
+    """Asks for a turn now (the admin's "Run now"): clears `needs_attention` of a runnable
+    saga and enqueues an advance. Harmless on a saga that is running: the lease decides."""
+    with transaction.atomic():
+        moved = Saga.objects.filter(pk=saga_id, status__in=RUNNABLE).update(
+            needs_attention=False,
+            wake_at=Now() + timedelta(seconds=_recover_after()),
+        )
+        if moved:
+            _enqueue_advance(saga_id)
+    return bool(moved)
+
+
+def sagas_wake_due(*, limit: int | None = None) -> int:
+    """Re-enqueues runnable sagas whose `wake_at` has passed and whose lease is free: retries
+    that are due, advance messages that were lost, runners that died mid-step. Pushes each
+    one's `wake_at` forward so a queued advance is not sent again at every sweep. SKIP LOCKED:
+    several beat hosts never pick the same saga. Returns how many were enqueued."""
+    limit = limit or int(_knob("SAGA_WAKE_BATCH", 500))
+    with transaction.atomic():
+        due = list(
+            Saga.objects.select_for_update(skip_locked=True)
+            .filter(status__in=RUNNABLE, needs_attention=False)
+            .filter(Q(wake_at__isnull=True) | Q(wake_at__lte=Now()))
+            .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=Now()))
+            .order_by("wake_at")
+            .values_list("pk", flat=True)[:limit]
+        )
+        if due:
+            Saga.objects.filter(pk__in=due).update(
+                wake_at=Now() + timedelta(seconds=_recover_after())
+            )
+            for saga_id in due:
+                _enqueue_advance(saga_id)
+    if due:
+        logger.info("saga sweep: woke %d saga(s)", len(due))
+    return len(due)
+
+
+# --- Selectors ---------------------------------------------------------------------------
+
+
+def saga_get(*, saga_id: int) -> Saga | None:
+    return Saga.objects.filter(pk=saga_id).first()
+
+
+def saga_get_by_ref(*, kind: str, ref: str) -> Saga | None:
+    return Saga.objects.filter(kind=kind, ref=ref).first()
+
+
+def saga_step_list(*, saga_id: int) -> list[SagaStep]:
+    """The saga's timeline: forward steps in order, then compensations as they ran."""
+    return list(SagaStep.objects.filter(saga_id=saga_id).order_by("id"))
+
+
+# --- Engine ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Work:
+    saga_id: int
+    row_id: int
+    step: Step
+    direction: str
+    fn: StepFn
+    ctx: StepContext
+
+
+class _LeaseLost(Exception):
+    pass
+
+
+def _turn(saga_id: int, token: str) -> None:
+    # The saga's request id follows its work, even when the sweeper sent the message.
+    request_token = set_request_id(get_request_id())
+    try:
+        with transaction.atomic():
+            saga = _locked(saga_id, token)
+            if saga is None:
+                return
+            set_request_id(saga.request_id or get_request_id())
+            work = _plan(saga)
+            if work is None:
+                # Nothing to run: the lease ends with this transaction's state change.
+                saga.lease_token, saga.lease_until = "", None
+            saga.save()
+        if work is not None:
+            _run(work, token)
+    finally:
+        reset_request_id(request_token)
+
+
+def _locked(saga_id: int, token: str) -> Saga | None:
+    return Saga.objects.select_for_update().filter(pk=saga_id, lease_token=token).first()
+
+
+def _plan(saga: Saga) -> _Work | None:
+    """State-only moves until a function must be called (marked `running`, returned) or
+    there is nothing to do. Runs under the lease and the saga's row lock; the caller saves."""
+    definition = _REGISTRY.get(saga.kind)
+    if definition is None:
+        _needs_attention(saga, f"saga kind {saga.kind!r} is not defined in this process")
+        return None
+    while True:
+        if saga.status == SagaStatus.PENDING:
+            if saga.cancel_requested:
+                _begin_compensation(saga, definition)
+            else:
+                _saga_move(saga, SagaStatus.RUNNING)
+            continue
+        if saga.status == SagaStatus.RUNNING:
+            if saga.cancel_requested:
+                _begin_compensation(saga, definition)
+                continue
+            direction = StepDirection.FORWARD
+            row = (
+                saga.steps.select_for_update()
+                .filter(direction=direction)
+                .exclude(status=StepStatus.SUCCEEDED)
+                .order_by("index")
+                .first()
+            )
+            if row is None:
+                _saga_move(saga, SagaStatus.COMPLETED)
+                saga.finished_at, saga.wake_at = timezone.now(), None
+                return None
+        elif saga.status == SagaStatus.COMPENSATING:
+            direction = StepDirection.COMPENSATION
+            row = (
+                saga.steps.select_for_update()
+                .filter(direction=direction)
+                .exclude(status=StepStatus.SUCCEEDED)
+                .order_by("id")
+                .first()
+            )
+            if row is None:
+                _finish_compensation(saga)
+                return None
+        else:
+            return None  # finished or parked: nothing to run
+        step = definition.step_at(row.index, row.name, row.direction)
+        if step is None:
+            _needs_attention(saga, f"step {row.index} {row.name!r} is no longer defined")
+            return None
+        if row.status == StepStatus.RUNNING and row.attempts >= step.attempts_allowed(direction):
+            # Its last allowed attempt was running when the runner was lost.
+            error = f"runner lost during attempt {row.attempts}"
+            if _fail_row(saga, row, definition, f"{row.name}_retries_exhausted", error):
+                continue
+            return None
+        return _start_attempt(saga, row, step)
+
+
+def _start_attempt(saga: Saga, row: SagaStep, step: Step) -> _Work:
+    STEP_MACHINE.move(
+        row,
+        StepStatus.RUNNING,
+        fields={"attempts": row.attempts + 1, "started_at": row.started_at or timezone.now()},
+    )
+    saga.current_step = row.index
+    _trace_step(saga, row)
+    forward = row.direction == StepDirection.FORWARD
+    fn = step.forward if forward else step.compensate
+    assert fn is not None  # compensation rows exist only for steps with a compensation
+    ctx = StepContext(
+        saga_id=saga.pk,
+        kind=saga.kind,
+        ref=saga.ref,
+        step=row.name,
+        direction=row.direction,
+        attempt=row.attempts,
+        context=dict(saga.context),
+        failure_reason=saga.failure_reason,
+        request_id=saga.request_id,
+    )
+    return _Work(saga.pk, row.pk, step, row.direction, fn, ctx)
+
+
+def _run(work: _Work, token: str) -> None:
+    """Calls the function, then records its outcome — only while still holding the lease."""
+    try:
+        with transaction.atomic():
+            result = work.fn(work.ctx)
+            if result is not None and not isinstance(result, Mapping):
+                raise TypeError(f"step {work.ctx.step} returned {type(result).__name__}")
+            saga = _locked(work.saga_id, token)
+            if saga is None:
+                raise _LeaseLost
+            row = SagaStep.objects.select_for_update().get(pk=work.row_id)
+            _record_success(saga, row, result)
+        return
+    except _LeaseLost:
+        logger.warning("saga #%s lost its lease in %s: rolled back", work.saga_id, work.ctx.step)
+        return
+    except Exception as exc:  # noqa: BLE001 - any error of a step is that step's failure
+        failure = exc
+    with transaction.atomic():
+        saga = _locked(work.saga_id, token)
+        if saga is None:
+            logger.warning("saga #%s lost its lease during %s", work.saga_id, work.ctx.step)
+            return
+        row = SagaStep.objects.select_for_update().get(pk=work.row_id)
+        _record_failure(saga, row, work, failure)
+
+
+def _record_success(saga: Saga, row: SagaStep, result: Mapping[str, Any] | None) -> None:
+    STEP_MACHINE.move(
+        row, StepStatus.SUCCEEDED, fields={"finished_at": timezone.now(), "error": ""}
+    )
+    _trace_step(saga, row)
+    if result:
+        saga.context = {**saga.context, **result}
+    _release(saga, wake_in=_recover_after())
+    saga.save()
+    _enqueue_advance(saga.pk)
+
+
+def _record_failure(saga: Saga, row: SagaStep, work: _Work, exc: Exception) -> None:
+    error = f"{type(exc).__name__}: {exc}"[:2000]
+    permanent = not is_transient(exc)
+    if not permanent and row.attempts < work.step.attempts_allowed(work.direction):
+        STEP_MACHINE.move(row, StepStatus.RETRYING, fields={"error": error})
+        _trace_step(saga, row, error=error)
+        delay = _backoff(work.step, row.attempts)
+        logger.info(
+            "saga %s #%s %s attempt %s failed, retry in %.2fs: %s",
+            saga.kind, saga.pk, row.name, row.attempts, delay, error,
+        )  # fmt: skip
+        if saga.cancel_requested and work.direction == StepDirection.FORWARD:
+            # Cancelled meanwhile: no point waiting to retry what will be compensated.
+            _release(saga, wake_in=_recover_after())
+            _enqueue_advance(saga.pk)
+        elif delay <= _knob("SAGA_COUNTDOWN_MAX", 5.0):
+            # Short delays ride on the broker (far below its visibility timeout); wake_at
+            # stays as the fallback should that message be lost.
+            _release(saga, wake_in=delay + _recover_after())
+            saga_id = saga.pk
+            transaction.on_commit(
+                lambda: advance_saga.apply_async(args=[saga_id], countdown=delay), robust=True
+            )
+        else:
+            _release(saga, wake_in=delay)  # the sweeper sends it when due
+        saga.save()
+        return
+    suffix = "failed" if permanent else "retries_exhausted"
+    reason = getattr(exc, "reason", None) or f"{row.name}_{suffix}"
+    definition = saga_definition(saga.kind)
+    if _fail_row(saga, row, definition, reason, error):
+        _release(saga, wake_in=_recover_after())
+        _enqueue_advance(saga.pk)
+    else:
+        _release(saga, wake_in=None)
+    saga.save()
+
+
+def _fail_row(
+    saga: Saga, row: SagaStep, definition: SagaDefinition, reason: str, error: str
+) -> bool:
+    """Marks the row failed and moves the saga on: a forward failure starts compensation, a
+    compensation failure parks the saga. True if the saga has compensations left to run."""
+    now = timezone.now()
+    STEP_MACHINE.move(row, StepStatus.FAILED, fields={"error": error, "finished_at": now})
+    _trace_step(saga, row, error=error)
+    if row.direction == StepDirection.FORWARD:
+        logger.warning(
+            "saga %s #%s step %s failed after %s attempt(s) (%s), compensating: %s",
+            saga.kind, saga.pk, row.name, row.attempts, reason, error,
+        )  # fmt: skip
+        if not saga.cancel_requested:
+            saga.failure_reason = reason[:200]
+        saga.error = f"{row.name}: {error}"
+        _begin_compensation(saga, definition)
+        return saga.status == SagaStatus.COMPENSATING
+    _saga_move(saga, SagaStatus.COMPENSATION_FAILED)
+    saga.needs_attention = True
+    saga.error = f"{row.name}: {error}"
+    saga.wake_at = None
+    logger.error(
+        "saga %s #%s ref=%s parked in compensation_failed: compensation %s failed after %s "
+        "attempt(s): %s",
+        saga.kind, saga.pk, saga.ref or "-", row.name, row.attempts, error,
+    )  # fmt: skip
+    return False
+
+
+def _begin_compensation(saga: Saga, definition: SagaDefinition) -> None:
+    """Stops forward progress and writes one pending compensation row per succeeded step
+    that has a compensation, newest first; with none to run the saga finishes now."""
+    _saga_move(saga, SagaStatus.COMPENSATING)
+    now = timezone.now()
+    forward = saga.steps.filter(direction=StepDirection.FORWARD)
+    STEP_MACHINE.update(
+        forward, current=StepStatus.PENDING, target=StepStatus.SKIPPED, strict=False, at=now
+    )
+    STEP_MACHINE.update(
+        forward,
+        current=[StepStatus.RUNNING, StepStatus.RETRYING],
+        target=StepStatus.FAILED,
+        strict=False,
+        error="abandoned: the saga was cancelled",
+        finished_at=now,
+        at=now,
+    )
+    succeeded = forward.filter(status=StepStatus.SUCCEEDED).order_by("-index")
+    rows = []
+    for done in succeeded:
+        step = definition.step_at(done.index, done.name, done.direction)
+        if step is not None and step.compensate is not None:
+            rows.append(
+                SagaStep(
+                    saga=saga,
+                    index=done.index,
+                    name=step.compensate_name,
+                    direction=StepDirection.COMPENSATION,
+                )
+            )
+    SagaStep.objects.bulk_create(rows)
+    if not rows:
+        _finish_compensation(saga)
+
+
+def _finish_compensation(saga: Saga) -> None:
+    target = SagaStatus.CANCELLED if saga.cancel_requested else SagaStatus.FAILED
+    _saga_move(saga, target)
+    saga.finished_at, saga.wake_at, saga.needs_attention = timezone.now(), None, False
+
+
+def _needs_attention(saga: Saga, error: str) -> None:
+    saga.needs_attention, saga.error, saga.wake_at = True, error, None
+    logger.error("saga %s #%s needs attention: %s", saga.kind, saga.pk, error)
+
+
+def _release(saga: Saga, *, wake_in: float | None) -> None:
+    saga.lease_token, saga.lease_until = "", None
+    saga.wake_at = None if wake_in is None else timezone.now() + timedelta(seconds=wake_in)
+
+
+def _saga_move(saga: Saga, target: str) -> None:
+    current = saga.status
+    SAGA_MACHINE.check(current, target)
+    saga.status = target
+    _trace_status(saga, current, target)
+    definition = _REGISTRY.get(saga.kind)
+    if definition is not None and definition.on_status is not None:
+        definition.on_status(saga, target)
+
+
+def _trace_status(saga: Saga, current: str, target: str) -> None:
+    tracing.record(
+        "saga.status",
+        saga.kind,
+        request_id=saga.request_id or None,
+        detail={"saga_id": saga.pk, "ref": saga.ref, "from": current, "to": target},
+    )
+
+
+def _trace_step(saga: Saga, row: SagaStep, **extra: Any) -> None:
+    tracing.record(
+        "saga.step",
+        f"{saga.kind}.{row.name}",
+        request_id=saga.request_id or None,
+        detail={
+            "saga_id": saga.pk,
+            "direction": row.direction,
+            "index": row.index,
+            "status": row.status,
+            "attempt": row.attempts,
+            **extra,
+        },
+    )
+
+
+def _backoff(step: Step, attempt: int) -> float:
+    """Exponential with full jitter: uniform(0, min(cap, base * 2**(attempt - 1)))."""
+    base = step.backoff_base if step.backoff_base is not None else _knob("SAGA_BACKOFF_BASE", 1.0)
+    cap = step.backoff_max if step.backoff_max is not None else _knob("SAGA_BACKOFF_MAX", 60.0)
+    return backoff_delay(attempt - 1, base=base, cap=cap)
+
+
+def _recover_after() -> float:
+    return _knob("SAGA_RECOVER_AFTER", 60.0)
+
+
+def _enqueue_advance(saga_id: int) -> None:
+    outbox_enqueue("tasks.saga_advance", args=[saga_id])
+
+
+# --- Tasks -------------------------------------------------------------------------------
+
+
+@shared_task(
+    name="tasks.saga_advance",
+    base=SurgeTask,
+    soft_time_limit=STEP_SOFT_LIMIT,
+    time_limit=STEP_HARD_LIMIT,
+)
+def advance_saga(saga_id: int) -> None:
+    saga_advance(saga_id=saga_id)
+
+
+@shared_task(name="tasks.saga_wake", base=SurgeTask)
+def wake_sagas() -> int:
+    return sagas_wake_due()

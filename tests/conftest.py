@@ -66,8 +66,50 @@ def _fresh_cache() -> None:
     cache.clear()
 
 
+# How late tok_slow answers in tests: enough to notice, too little to slow the suite.
+GATEWAY_DELAY_MS = 50
+
+
 @pytest.fixture(scope="session")
-def live_env(django_db_setup: None) -> dict[str, str]:
+def _session_gateway() -> Iterator[LiveProcess]:
+    """The fake payment gateway, as the Procfile runs it, on a free port (no Django)."""
+    port = free_port()
+    env = dict(os.environ, FAKE_GATEWAY_DELAY_MS=str(GATEWAY_DELAY_MS), PYTHONUNBUFFERED="1")
+    yield from _start(
+        LiveProcess(
+            "gateway",
+            [
+                "python",
+                "-m",
+                "apps.orders.fake_gateway",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            log_dir=LOG_DIR,
+            url=f"http://127.0.0.1:{port}",
+            ready=lambda p: http_ready(f"{p.url}/health"),
+        )
+    )
+
+
+@pytest.fixture
+def live_gateway(_session_gateway: LiveProcess) -> str:
+    """The base URL of a running fake gateway with nothing in memory (reset per test)."""
+    import requests
+
+    if not _session_gateway.alive():
+        _session_gateway.start()
+    url = _session_gateway.url or ""
+    response = requests.post(f"{url}/v1/control/reset", timeout=5)
+    assert response.status_code == 200, response.text
+    return url
+
+
+@pytest.fixture(scope="session")
+def live_env(django_db_setup: None, _session_gateway: LiveProcess) -> dict[str, str]:
     """Environment for processes that must share this session's test database and Redis."""
     env = dict(os.environ)
     env.update(
@@ -81,6 +123,13 @@ def live_env(django_db_setup: None) -> dict[str, str]:
         # A worker killed mid-task has its message handed out again after this long.
         CELERY_VISIBILITY_TIMEOUT="10",
         TRACE_FLUSH="thread",
+        PAYMENT_GATEWAY_URL=_session_gateway.url or "",
+        # tok_timeout orders give up after a few short waits instead of 2 s each.
+        PAYMENT_GATEWAY_TIMEOUT_S="0.5",
+        # Saga retries in milliseconds, and a dead runner's lease expires in about 30 s.
+        SAGA_BACKOFF_BASE="0.05",
+        SAGA_BACKOFF_MAX="0.5",
+        SAGA_STEP_TIME_LIMIT="2",
         TRACE_FLUSH_INTERVAL="0.2",
         PYTHONUNBUFFERED="1",
         LOG_FORMAT="text",

@@ -9,6 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from tasks.context import get_request_id
+from tasks.outbox import outbox_enqueue
 
 from .models import Ping
 
@@ -21,17 +22,14 @@ def ping_create(*, owner_id: int, message: str, hold_ms: int = 0) -> Ping:
     `hold_ms` keeps the transaction open that long: a diagnostic for what a slow handler
     does to concurrent requests (the idempotency tests use it). It is capped by the API.
     """
-    from .tasks import pong
-
     with transaction.atomic():
         ping = Ping.objects.create(
             owner_id=owner_id, message=message, request_id=get_request_id() or ""
         )
         if hold_ms:
             time.sleep(hold_ms / 1000)
-        # Published after commit. The transactional outbox in tasks/ (with its sweeper)
-        # replaces this once it exists; until then a crash right here loses the pong.
-        transaction.on_commit(lambda: pong.delay(ping.pk))
+        # In the same transaction: published after commit, swept up if a crash intervenes.
+        outbox_enqueue("ops.pong", args=[ping.pk])
     return ping
 
 

@@ -1,0 +1,306 @@
+"""The payment gateway client the orders saga calls: authorize, capture, void.
+
+Invariant: every call carries the caller's idempotency key (the saga uses one per order and
+operation, e.g. f"order-{id}-authorize"), and the gateway answers a repeated key with its
+first answer without acting again, so a retried call with the same key never charges twice.
+Retrying is therefore always safe, and the errors say when it is worth it:
+
+- `PaymentTimeout` (Transient): no answer within the timeout. The call may or may not have
+  taken effect; retry with the SAME key to find out. `reason` "payment_timeout".
+- `PaymentUnavailable` (Transient): connection refused or reset, 5xx, 429, a garbled answer.
+  Retry with the same key. `reason` "payment_unavailable".
+- `PaymentDeclined` (Permanent): the gateway said no (402). `reason` is "payment_declined"
+  for an authorization, "capture_failed" for a capture.
+- `PaymentRejected` (Permanent): any other 4xx (unknown token or authorization, a key reused
+  for another request, already captured...). `code` is the gateway's error code.
+
+The saga orchestrator reads `reason` from the error that ends a step, so a step whose retries
+ran out on timeouts fails with `payment_timeout`.
+
+Settings (read at each call, so tests may override them): PAYMENT_GATEWAY_URL (default
+http://127.0.0.1:8010), PAYMENT_GATEWAY_TIMEOUT_S (read timeout, default 2 s; connecting
+gets 1 s). The card token is sent to the gateway and never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from decimal import Decimal
+from typing import Any
+
+import requests
+from django.conf import settings
+from requests.adapters import HTTPAdapter
+
+from tasks.errors import Permanent, Transient
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_URL = "http://127.0.0.1:8010"
+DEFAULT_READ_TIMEOUT_S = 2.0
+CONNECT_TIMEOUT_S = 1.0
+CENTS = Decimal("0.01")
+# Authorization ids go into the URL path: nothing that could change the path gets through.
+_AUTHORIZATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+__all__ = [
+    "PaymentDeclined",
+    "PaymentError",
+    "PaymentRejected",
+    "PaymentTimeout",
+    "PaymentUnavailable",
+    "authorize",
+    "capture",
+    "void",
+]
+
+
+# --- Errors -------------------------------------------------------------------------------
+
+
+class PaymentError(Exception):
+    """Base of every error of this client; `operation` is "authorize", "capture" or "void"."""
+
+    reason = "payment_error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        operation: str,
+        status_code: int | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.operation = operation
+        self.status_code = status_code
+        self.code = code
+
+
+class PaymentTimeout(PaymentError, Transient):
+    """No answer in time; the call may have taken effect. Retry with the same key."""
+
+    reason = "payment_timeout"
+
+
+class PaymentUnavailable(PaymentError, Transient):
+    """The gateway could not be reached or said "not now" (5xx, 429). Retry with the same key."""
+
+    reason = "payment_unavailable"
+
+
+class PaymentDeclined(PaymentError, Permanent):
+    """The gateway refused the payment (402); `reason` is the order's failure_reason."""
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        operation: str,
+        reason: str,
+        status_code: int | None = 402,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(detail, operation=operation, status_code=status_code, code=code)
+        self.reason = reason
+
+
+class PaymentRejected(PaymentError, Permanent):
+    """Any other 4xx: the request itself is wrong and retrying it cannot help."""
+
+    reason = "payment_rejected"
+
+
+# --- Session ------------------------------------------------------------------------------
+
+_session: requests.Session | None = None
+_session_pid: int | None = None
+_session_lock = threading.Lock()
+
+
+def _get_session() -> requests.Session:
+    """One pooled Session per process. A forked child (a Celery pool process) must not reuse
+    its parent's sockets, so the pid is checked and a new Session made after a fork."""
+    global _session, _session_pid
+    pid = os.getpid()
+    if _session is None or _session_pid != pid:
+        with _session_lock:
+            if _session is None or _session_pid != pid:
+                session = requests.Session()
+                # No retries here: the caller retries, with backoff, the same key.
+                adapter = HTTPAdapter(pool_connections=1, pool_maxsize=8, max_retries=0)
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
+                _session, _session_pid = session, pid
+    return _session
+
+
+def _forget_session_after_fork() -> None:
+    global _session, _session_pid
+    _session, _session_pid = None, None
+
+
+os.register_at_fork(after_in_child=_forget_session_after_fork)
+
+
+# --- Calls --------------------------------------------------------------------------------
+
+
+def authorize(*, reference: str, amount: Decimal, token: str, idempotency_key: str) -> str:
+    """Authorizes (holds) `amount` on the card `token` for `reference`; returns the
+    authorization id. A retried call with the same key never authorizes twice: the gateway
+    answers it with the first authorization."""
+    body = {"amount": _money(amount), "token": token, "reference": reference}
+    answer = _post(
+        "authorize",
+        "/v1/authorizations",
+        body,
+        idempotency_key=idempotency_key,
+        declined_reason="payment_declined",
+        log_ref=reference,
+    )
+    authorization_id = answer.get("id")
+    if not isinstance(authorization_id, str) or not _AUTHORIZATION_ID.match(authorization_id):
+        raise PaymentUnavailable(
+            "gateway answered without an authorization id", operation="authorize"
+        )
+    return authorization_id
+
+
+def capture(*, authorization_id: str, amount: Decimal | None = None, idempotency_key: str) -> None:
+    """Captures (charges) `amount` (default: all) of an authorization. A retried call with
+    the same key never charges twice; a capture of an already captured authorization under
+    another key is refused (`PaymentRejected`, code "already_captured")."""
+    body: dict[str, Any] = {} if amount is None else {"amount": _money(amount)}
+    _post(
+        "capture",
+        f"/v1/authorizations/{_checked_id(authorization_id)}/capture",
+        body,
+        idempotency_key=idempotency_key,
+        declined_reason="capture_failed",
+        log_ref=authorization_id,
+    )
+
+
+def void(*, authorization_id: str, idempotency_key: str) -> None:
+    """Releases an authorization that will not be captured. Voiding twice is harmless; a
+    captured authorization cannot be voided (`PaymentRejected`, code "already_captured")."""
+    _post(
+        "void",
+        f"/v1/authorizations/{_checked_id(authorization_id)}/void",
+        {},
+        idempotency_key=idempotency_key,
+        declined_reason="void_failed",
+        log_ref=authorization_id,
+    )
+
+
+def _post(
+    operation: str,
+    path: str,
+    body: dict[str, Any],
+    *,
+    idempotency_key: str,
+    declined_reason: str,
+    log_ref: str,
+) -> dict[str, Any]:
+    if not idempotency_key:
+        raise ValueError("an idempotency key is required")
+    base_url = str(getattr(settings, "PAYMENT_GATEWAY_URL", DEFAULT_URL) or DEFAULT_URL)
+    read_timeout = float(getattr(settings, "PAYMENT_GATEWAY_TIMEOUT_S", DEFAULT_READ_TIMEOUT_S))
+    started = time.monotonic()
+    try:
+        response = _get_session().post(
+            base_url.rstrip("/") + path,
+            json=body,
+            headers={"Idempotency-Key": idempotency_key},
+            timeout=(CONNECT_TIMEOUT_S, read_timeout),
+        )
+    # Timeout first: a connect timeout is also a ConnectionError.
+    except requests.Timeout as exc:
+        _log(operation, log_ref, "timeout", started)
+        raise PaymentTimeout(
+            f"{operation}: no answer from the gateway in time ({type(exc).__name__})",
+            operation=operation,
+        ) from None
+    except requests.RequestException as exc:
+        _log(operation, log_ref, "unreachable", started)
+        raise PaymentUnavailable(
+            f"{operation}: gateway unreachable ({type(exc).__name__})", operation=operation
+        ) from None
+    status = response.status_code
+    _log(operation, log_ref, str(status), started)
+    code = _error_code(response)
+    if status >= 500 or status == 429:
+        raise PaymentUnavailable(
+            f"{operation}: gateway answered {status}",
+            operation=operation,
+            status_code=status,
+            code=code,
+        )
+    if status == 402:
+        raise PaymentDeclined(
+            f"{operation}: declined ({code or 'no code'})",
+            operation=operation,
+            reason=declined_reason,
+            code=code,
+        )
+    if status >= 400:
+        raise PaymentRejected(
+            f"{operation}: gateway refused the request: {status} {code or ''}".rstrip(),
+            operation=operation,
+            status_code=status,
+            code=code,
+        )
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        # Something answered 2xx but not the gateway's JSON (a proxy?): ask again, same key.
+        raise PaymentUnavailable(
+            f"{operation}: unreadable answer ({status})", operation=operation, status_code=status
+        )
+    return answer
+
+
+def _error_code(response: requests.Response) -> str | None:
+    if response.status_code < 400:
+        return None
+    try:
+        answer = response.json()
+    except ValueError:
+        return None
+    code = answer.get("error") if isinstance(answer, dict) else None
+    return code if isinstance(code, str) else None
+
+
+def _money(amount: Decimal) -> str:
+    """ "12.50": a positive amount in cents; never rounded, as that would change the charge."""
+    if not isinstance(amount, Decimal) or not amount.is_finite() or amount <= 0:
+        raise ValueError(f"invalid amount: {amount!r}")
+    quantized = amount.quantize(CENTS)
+    if quantized != amount:
+        raise ValueError(f"amount has more than two decimals: {amount}")
+    return str(quantized)
+
+
+def _checked_id(authorization_id: str) -> str:
+    if not isinstance(authorization_id, str) or not _AUTHORIZATION_ID.match(authorization_id):
+        raise ValueError(f"invalid authorization id: {authorization_id!r}")
+    return authorization_id
+
+
+def _log(operation: str, ref: str, outcome: str, started: float) -> None:
+    # The reference or authorization id only: the card token is never logged.
+    logger.debug(
+        "payment %s %s -> %s in %.0f ms",
+        operation,
+        ref,
+        outcome,
+        (time.monotonic() - started) * 1000,
+    )
