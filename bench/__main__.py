@@ -7,18 +7,22 @@ import argparse
 import platform
 import time
 
-from . import baseline, coupons
+from . import baseline, coupons, toolkit
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("scenario", nargs="?", default="baseline", choices=["baseline", "coupons"])
+    parser.add_argument(
+        "scenario", nargs="?", default="baseline", choices=["baseline", "coupons", "toolkit"]
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per HTTP row")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--tasks", type=int, default=5000, help="messages per Celery row")
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    if args.scenario == "coupons":
+    if args.scenario == "toolkit":
+        table = toolkit.run(tasks=args.tasks)
+    elif args.scenario == "coupons":
         table = coupons.run(duration=args.duration, concurrency=args.concurrency)
     else:
         table = baseline.run(duration=args.duration, concurrency=args.concurrency, tasks=args.tasks)

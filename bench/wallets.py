@@ -1,0 +1,257 @@
+"""Wallets: how fast the ordered applier decides transactions, and how long one waits from
+its 202 to its decision under a steady offered load.
+
+Rows:
+- backlog drain: `backlog` transactions stored pending over `wallets` wallets (inserted
+  directly), and one `wallets.apply` message per wallet, which is what acceptance leaves
+  behind an applier that is behind (accepts coalesce their messages); decided/s from the
+  first publish to the last decision.
+- open loop: `rate` POSTs/s over HTTP, spread evenly over the wallets, for `duration` s;
+  accept -> applied from the database's own timestamps (`accepted_at`: the accepting
+  transaction's start, `applied_at`: the applier's decision), after the queue drained.
+
+A wallet is part of its URL and `run_load` drives one URL, so the open loop runs loadgen's
+engine once per wallet, all in one event loop, each at `rate / wallets` (see `_open_loop`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from typing import Any
+
+from .loadgen import LoadResult
+from .stack import Stack
+
+__all__ = ["run"]
+
+WORKER_PROCS = 2
+WORKER_CONCURRENCY = 2
+
+
+def _open_wallets(count: int) -> tuple[str, list[int]]:
+    """One user with an API token and `count` fresh wallets."""
+    import uuid
+
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    from apps.wallets import services
+
+    user = get_user_model().objects.create(username=f"wb-{uuid.uuid4().hex[:10]}", password="!")
+    token = Token.objects.create(user=user).key
+    return token, [services.wallet_create(owner_id=user.pk).pk for _ in range(count)]
+
+
+def _all_decided(wallet_ids: list[int]) -> bool:
+    from django.db.models import F
+
+    from apps.wallets.models import Wallet
+
+    return not Wallet.objects.filter(pk__in=wallet_ids, last_applied_seq__lt=F("last_seq")).exists()
+
+
+def _wait_decided(wallet_ids: list[int], timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not _all_decided(wallet_ids):
+        if time.monotonic() > deadline:
+            raise RuntimeError("wallets: transactions still pending after the timeout")
+        time.sleep(0.05)
+
+
+def _drain_backlog(wallet_ids: list[int], per_wallet: int, rng: random.Random) -> dict[str, Any]:
+    from decimal import Decimal
+
+    from django.db import transaction
+    from django.db.models import F
+
+    from apps.wallets.models import Wallet, WalletTransaction
+    from config.celery import app
+
+    kinds = [WalletTransaction.Kind.DEPOSIT, WalletTransaction.Kind.WITHDRAWAL]
+    with transaction.atomic():
+        WalletTransaction.objects.bulk_create(
+            (
+                WalletTransaction(
+                    wallet_id=wallet_id,
+                    seq=seq,
+                    kind=rng.choice(kinds),
+                    amount=Decimal(rng.randint(100, 5000)) / 100,
+                )
+                for wallet_id in wallet_ids
+                for seq in range(1, per_wallet + 1)
+            ),
+            batch_size=5000,
+        )
+        Wallet.objects.filter(pk__in=wallet_ids).update(last_seq=F("last_seq") + per_wallet)
+    # What acceptance leaves behind a busy applier: pending transactions and one applier
+    # message per wallet (accepts coalesce theirs, see services._applier_enqueue).
+    deliveries = list(wallet_ids)
+    rng.shuffle(deliveries)
+
+    started = time.perf_counter()
+    with app.producer_or_acquire() as producer:
+        for wallet_id in deliveries:
+            app.send_task("wallets.apply", args=[wallet_id], producer=producer)
+    _wait_decided(wallet_ids)
+    decided_s = time.perf_counter() - started
+    total = len(wallet_ids) * per_wallet
+    return {"total": total, "decided_s": decided_s, "decided_rate": total / decided_s}
+
+
+def _open_loop(
+    stack: Stack, token: str, wallet_ids: list[int], *, rate: float, duration: float
+) -> list[LoadResult]:
+    """One open-loop generator per wallet (its URL), all in one event loop.
+
+    `run_load` takes one URL; a thread per wallet would spend the cores on 100 event
+    loops fighting over the GIL, so this drives loadgen's own engine (`_run_asyncio`) for
+    every wallet in one loop. A public multi-URL `run_load` would replace it.
+    """
+    import asyncio
+
+    from .loadgen import _asyncio_main, _build_target, _run_asyncio
+
+    headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
+    # Deposits outweigh withdrawals, and some withdrawals are too large: both outcomes.
+    bodies = [
+        json.dumps({"kind": kind, "amount": amount}).encode()
+        for kind, amount in [
+            ("deposit", "20.00"),
+            ("withdrawal", "5.00"),
+            ("deposit", "7.50"),
+            ("withdrawal", "40.00"),
+            ("deposit", "1.25"),
+        ]
+    ]
+    per_wallet = rate / len(wallet_ids)
+
+    async def all_wallets() -> list[LoadResult]:
+        runs = [
+            _run_asyncio(
+                f"wallet {wallet_id}",
+                _build_target(
+                    f"{stack.web_url}/api/wallets/{wallet_id}/transactions/",
+                    "POST",
+                    headers,
+                    None,
+                    bodies,
+                    None,
+                ),
+                4,
+                duration,
+                1.0,
+                per_wallet,
+            )
+            for wallet_id in wallet_ids
+        ]
+        return list(await asyncio.gather(*runs))
+
+    results: list[LoadResult] = []
+
+    async def wrapped() -> LoadResult:
+        results.extend(await all_wallets())
+        return results[0]
+
+    _asyncio_main(wrapped())
+    return results
+
+
+def _latencies(after_id: int) -> dict[str, float]:
+    """accept -> applied of every transaction newer than `after_id`, in ms, from the DB."""
+    from django.db import connection
+
+    from apps.wallets.models import WalletTransaction
+
+    table = WalletTransaction._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT count(*),
+                   count(*) FILTER (WHERE status = 'rejected'),
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY ms),
+                   percentile_cont(0.99) WITHIN GROUP (ORDER BY ms),
+                   max(ms),
+                   extract(epoch FROM max(applied_at) - min(accepted_at))
+            FROM (
+                SELECT status, applied_at, accepted_at,
+                       extract(epoch FROM applied_at - accepted_at) * 1000 AS ms
+                FROM {table} WHERE id > %s
+            ) AS t
+            """,
+            [after_id],
+        )
+        count, rejected, p50, p99, worst, span = cursor.fetchone()
+    return {
+        "count": int(count),
+        "rejected": int(rejected),
+        "p50": float(p50 or 0),
+        "p99": float(p99 or 0),
+        "max": float(worst or 0),
+        "span_s": float(span or 0),
+    }
+
+
+def run(
+    *,
+    duration: float = 10.0,
+    rate: float = 500.0,
+    wallets: int = 100,
+    backlog: int = 50_000,
+    seed: int = 1,
+) -> str:
+    rng = random.Random(seed)
+    with Stack(worker_procs=WORKER_PROCS, worker_concurrency=WORKER_CONCURRENCY) as stack:
+        stack.django()
+        from django.db.models import Max
+
+        from apps.wallets.models import WalletTransaction
+        from apps.wallets.services import APPLY_BATCH_SIZE
+        from config.celery import app
+
+        app.conf.broker_url = stack.env["REDIS_URL"]
+
+        token, drain_wallets = _open_wallets(wallets)
+        drain = _drain_backlog(drain_wallets, max(1, backlog // wallets), rng)
+
+        token, load_wallets = _open_wallets(wallets)
+        before = WalletTransaction.objects.aggregate(last=Max("id"))["last"] or 0
+        started = time.perf_counter()
+        results = _open_loop(stack, token, load_wallets, rate=rate, duration=duration)
+        _wait_decided(load_wallets)
+        tail_s = time.perf_counter() - started - duration - 1.0
+        latency = _latencies(before)
+
+        accepted = sum(r.status_counts.get(202, 0) for r in results)
+        errors = sum(r.errors for r in results)
+        dropped = sum(r.dropped for r in results)
+        http_p50 = sorted(r.p50_ms for r in results)[len(results) // 2]
+        http_p99 = max(r.p99_ms for r in results)
+        lines = [
+            f"gunicorn x{stack.web_workers} sync, workers {WORKER_PROCS} x "
+            f"{WORKER_CONCURRENCY}, {wallets} wallets, one open-loop generator per wallet",
+            "",
+            "| measure | value | detail |",
+            "|---|---|---|",
+            f"| backlog drain: decided/s | {drain['decided_rate']:,.0f} | "
+            f"{drain['total']:,} pending over {wallets} wallets, one apply message per wallet, "
+            f"batches of {APPLY_BATCH_SIZE}; all decided in {drain['decided_s']:.2f} s |",
+            f"| open loop: offered | {rate:,.0f}/s | {duration:.0f} s + 1 s warm-up, "
+            f"{rate / wallets:.1f}/s per wallet |",
+            f"| open loop: accepted (202) | {accepted / duration:,.0f}/s | "
+            f"{accepted:,} in the window, {errors} errors, {dropped} dropped |",
+            f"| open loop: HTTP latency | p50 {http_p50:.1f} ms | worst per-wallet p99 "
+            f"{http_p99:.1f} ms |",
+            f"| open loop: applied/s | {latency['count'] / latency['span_s']:,.0f} | "
+            f"{latency['count']:,} decided ({latency['rejected']:,} rejected) over "
+            f"{latency['span_s']:.1f} s, first accept to last decision |",
+            f"| open loop: accept -> applied | p50 {latency['p50']:.1f} ms | "
+            f"p99 {latency['p99']:.1f} ms, max {latency['max']:.1f} ms; last decided "
+            f"{max(tail_s, 0) * 1000:,.0f} ms after the load ended |",
+        ]
+        return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(run())
