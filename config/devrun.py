@@ -28,6 +28,7 @@ def _urls() -> list[tuple[str, str]]:
         ("readiness", f"{web}/readyz"),
         ("WebSockets", f"{ws}/ws/"),
         ("Flower", f"{flower}/ (basic auth {os.environ.get('FLOWER_BASIC_AUTH', 'admin:admin')})"),
+        ("gateway", f"http://{host}:{os.environ.get('FAKE_GATEWAY_PORT', '8010')}/v1/stats"),
     ]
 
 
