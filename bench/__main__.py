@@ -7,7 +7,7 @@ import argparse
 import platform
 import time
 
-from . import baseline, coupons, toolkit
+from . import baseline, coupons, toolkit, wallets
 
 
 def main() -> None:
@@ -17,10 +17,13 @@ def main() -> None:
     )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per HTTP row")
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rate", type=float, default=500.0, help="offered requests/s (wallets)")
     parser.add_argument("--tasks", type=int, default=5000, help="messages per Celery row")
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    if args.scenario == "toolkit":
+    if args.scenario == "wallets":
+        table = wallets.run(duration=args.duration, rate=args.rate)
+    elif args.scenario == "toolkit":
         table = toolkit.run(tasks=args.tasks)
     elif args.scenario == "coupons":
         table = coupons.run(duration=args.duration, concurrency=args.concurrency)

@@ -150,11 +150,11 @@ def _open_loop(
 
     results: list[LoadResult] = []
 
-    async def wrapped() -> LoadResult:
+    async def collect() -> LoadResult:
         results.extend(await all_wallets())
-        return results[0]
+        return results[0]  # `_asyncio_main` runs a coroutine of one result
 
-    _asyncio_main(wrapped())
+    _asyncio_main(collect())
     return results
 
 

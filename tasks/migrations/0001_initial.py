@@ -6,142 +6,333 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='OutboxEpoch',
+            name="OutboxEpoch",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
         ),
         migrations.CreateModel(
-            name='DeadLetter',
+            name="DeadLetter",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('task_name', models.CharField(max_length=200)),
-                ('task_id', models.CharField(max_length=200)),
-                ('message_id', models.CharField(blank=True, default='', max_length=200)),
-                ('args', models.JSONField(blank=True, default=list)),
-                ('kwargs', models.JSONField(blank=True, default=dict)),
-                ('queue', models.CharField(blank=True, default='', max_length=50)),
-                ('reason', models.CharField(choices=[('retries_exhausted', 'transient error, retries exhausted'), ('permanent', 'permanent error'), ('error', 'unexpected error (not retried)'), ('redelivery_cap', 'redelivered too often (worker lost each time)'), ('time_limit', 'hard time limit'), ('unknown_task', 'no such task'), ('unpublishable', 'outbox row could not be published')], max_length=30)),
-                ('exception_class', models.CharField(blank=True, default='', max_length=200)),
-                ('exception_message', models.TextField(blank=True, default='')),
-                ('traceback', models.TextField(blank=True, default='')),
-                ('request_id', models.CharField(blank=True, default='', max_length=128)),
-                ('attempts', models.PositiveIntegerField(default=1)),
-                ('first_failed_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now())),
-                ('last_failed_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now())),
-                ('status', models.CharField(choices=[('open', 'open'), ('replayed', 'replayed'), ('discarded', 'discarded')], default='open', max_length=20)),
-                ('replayed_at', models.DateTimeField(blank=True, null=True)),
-                ('discarded_at', models.DateTimeField(blank=True, null=True)),
-                ('replay_key', models.CharField(blank=True, default='', max_length=200)),
-                ('replay_outbox_id', models.BigIntegerField(blank=True, null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("task_name", models.CharField(max_length=200)),
+                ("task_id", models.CharField(max_length=200)),
+                ("message_id", models.CharField(blank=True, default="", max_length=200)),
+                ("args", models.JSONField(blank=True, default=list)),
+                ("kwargs", models.JSONField(blank=True, default=dict)),
+                ("queue", models.CharField(blank=True, default="", max_length=50)),
+                (
+                    "reason",
+                    models.CharField(
+                        choices=[
+                            ("retries_exhausted", "transient error, retries exhausted"),
+                            ("permanent", "permanent error"),
+                            ("error", "unexpected error (not retried)"),
+                            ("redelivery_cap", "redelivered too often (worker lost each time)"),
+                            ("time_limit", "hard time limit"),
+                            ("unknown_task", "no such task"),
+                            ("unpublishable", "outbox row could not be published"),
+                        ],
+                        max_length=30,
+                    ),
+                ),
+                ("exception_class", models.CharField(blank=True, default="", max_length=200)),
+                ("exception_message", models.TextField(blank=True, default="")),
+                ("traceback", models.TextField(blank=True, default="")),
+                ("request_id", models.CharField(blank=True, default="", max_length=128)),
+                ("attempts", models.PositiveIntegerField(default=1)),
+                (
+                    "first_failed_at",
+                    models.DateTimeField(db_default=django.db.models.functions.datetime.Now()),
+                ),
+                (
+                    "last_failed_at",
+                    models.DateTimeField(db_default=django.db.models.functions.datetime.Now()),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("open", "open"),
+                            ("replayed", "replayed"),
+                            ("discarded", "discarded"),
+                        ],
+                        default="open",
+                        max_length=20,
+                    ),
+                ),
+                ("replayed_at", models.DateTimeField(blank=True, null=True)),
+                ("discarded_at", models.DateTimeField(blank=True, null=True)),
+                ("replay_key", models.CharField(blank=True, default="", max_length=200)),
+                ("replay_outbox_id", models.BigIntegerField(blank=True, null=True)),
             ],
             options={
-                'indexes': [models.Index(fields=['status', '-last_failed_at'], name='tasks_deadletter_status'), models.Index(fields=['task_name', '-last_failed_at'], name='tasks_deadletter_task'), models.Index(fields=['request_id'], name='tasks_deadletter_request')],
-                'constraints': [models.UniqueConstraint(fields=('task_id',), name='tasks_deadletter_task_id_unique')],
+                "indexes": [
+                    models.Index(
+                        fields=["status", "-last_failed_at"], name="tasks_deadletter_status"
+                    ),
+                    models.Index(
+                        fields=["task_name", "-last_failed_at"], name="tasks_deadletter_task"
+                    ),
+                    models.Index(fields=["request_id"], name="tasks_deadletter_request"),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("task_id",), name="tasks_deadletter_task_id_unique"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='OutboxMessage',
+            name="OutboxMessage",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('task_name', models.CharField(max_length=200)),
-                ('args', models.JSONField(blank=True, default=list)),
-                ('kwargs', models.JSONField(blank=True, default=dict)),
-                ('queue', models.CharField(blank=True, default='', max_length=50)),
-                ('key', models.CharField(blank=True, max_length=200, null=True)),
-                ('message_id', models.CharField(blank=True, default='', max_length=200)),
-                ('request_id', models.CharField(blank=True, default='', max_length=128)),
-                ('created_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now())),
-                ('sent_at', models.DateTimeField(blank=True, null=True)),
-                ('broker_epoch', models.BigIntegerField(default=0)),
-                ('publish_count', models.PositiveIntegerField(default=0)),
-                ('done_at', models.DateTimeField(blank=True, null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("task_name", models.CharField(max_length=200)),
+                ("args", models.JSONField(blank=True, default=list)),
+                ("kwargs", models.JSONField(blank=True, default=dict)),
+                ("queue", models.CharField(blank=True, default="", max_length=50)),
+                ("key", models.CharField(blank=True, max_length=200, null=True)),
+                ("message_id", models.CharField(blank=True, default="", max_length=200)),
+                ("request_id", models.CharField(blank=True, default="", max_length=128)),
+                (
+                    "created_at",
+                    models.DateTimeField(db_default=django.db.models.functions.datetime.Now()),
+                ),
+                ("sent_at", models.DateTimeField(blank=True, null=True)),
+                ("broker_epoch", models.BigIntegerField(default=0)),
+                ("publish_count", models.PositiveIntegerField(default=0)),
+                ("done_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'indexes': [models.Index(condition=models.Q(('sent_at__isnull', True)), fields=['created_at'], name='tasks_outbox_unsent'), models.Index(condition=models.Q(('done_at__isnull', True), ('sent_at__isnull', False)), fields=['broker_epoch'], name='tasks_outbox_inflight_epoch'), models.Index(condition=models.Q(('done_at__isnull', True)), fields=['sent_at'], name='tasks_outbox_inflight_sent'), models.Index(condition=models.Q(('done_at__isnull', False)), fields=['done_at'], name='tasks_outbox_done')],
-                'constraints': [models.UniqueConstraint(fields=('key',), name='tasks_outbox_key_unique')],
+                "indexes": [
+                    models.Index(
+                        condition=models.Q(("sent_at__isnull", True)),
+                        fields=["created_at"],
+                        name="tasks_outbox_unsent",
+                    ),
+                    models.Index(
+                        condition=models.Q(("done_at__isnull", True), ("sent_at__isnull", False)),
+                        fields=["broker_epoch"],
+                        name="tasks_outbox_inflight_epoch",
+                    ),
+                    models.Index(
+                        condition=models.Q(("done_at__isnull", True)),
+                        fields=["sent_at"],
+                        name="tasks_outbox_inflight_sent",
+                    ),
+                    models.Index(
+                        condition=models.Q(("done_at__isnull", False)),
+                        fields=["done_at"],
+                        name="tasks_outbox_done",
+                    ),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(fields=("key",), name="tasks_outbox_key_unique")
+                ],
             },
         ),
         migrations.CreateModel(
-            name='ProcessedMessage',
+            name="ProcessedMessage",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('consumer', models.CharField(max_length=100)),
-                ('message_id', models.CharField(max_length=200)),
-                ('processed_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), db_index=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("consumer", models.CharField(max_length=100)),
+                ("message_id", models.CharField(max_length=200)),
+                (
+                    "processed_at",
+                    models.DateTimeField(
+                        db_default=django.db.models.functions.datetime.Now(), db_index=True
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('consumer', 'message_id'), name='tasks_processed_message_unique')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("consumer", "message_id"), name="tasks_processed_message_unique"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Saga',
+            name="Saga",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(max_length=100)),
-                ('ref', models.CharField(blank=True, max_length=200)),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('running', 'Running'), ('compensating', 'Compensating'), ('completed', 'Completed'), ('failed', 'Failed'), ('cancelled', 'Cancelled'), ('compensation_failed', 'Compensation Failed')], default='pending', max_length=24)),
-                ('context', models.JSONField(blank=True, default=dict)),
-                ('current_step', models.PositiveSmallIntegerField(default=0)),
-                ('request_id', models.CharField(blank=True, max_length=128)),
-                ('failure_reason', models.CharField(blank=True, max_length=200)),
-                ('error', models.TextField(blank=True)),
-                ('needs_attention', models.BooleanField(default=False)),
-                ('cancel_requested', models.BooleanField(default=False)),
-                ('lease_token', models.CharField(blank=True, max_length=32)),
-                ('lease_until', models.DateTimeField(blank=True, null=True)),
-                ('wake_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("kind", models.CharField(max_length=100)),
+                ("ref", models.CharField(blank=True, max_length=200)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("running", "Running"),
+                            ("compensating", "Compensating"),
+                            ("completed", "Completed"),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                            ("compensation_failed", "Compensation Failed"),
+                        ],
+                        default="pending",
+                        max_length=24,
+                    ),
+                ),
+                ("context", models.JSONField(blank=True, default=dict)),
+                ("current_step", models.PositiveSmallIntegerField(default=0)),
+                ("request_id", models.CharField(blank=True, max_length=128)),
+                ("failure_reason", models.CharField(blank=True, max_length=200)),
+                ("error", models.TextField(blank=True)),
+                ("needs_attention", models.BooleanField(default=False)),
+                ("cancel_requested", models.BooleanField(default=False)),
+                ("lease_token", models.CharField(blank=True, max_length=32)),
+                ("lease_until", models.DateTimeField(blank=True, null=True)),
+                ("wake_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'indexes': [models.Index(condition=models.Q(('status__in', ('pending', 'running', 'compensating'))), fields=['wake_at'], name='tasks_saga_wake_idx'), models.Index(fields=['status', '-created_at'], name='tasks_saga_status_idx'), models.Index(fields=['request_id'], name='tasks_saga_request_idx')],
-                'constraints': [models.UniqueConstraint(condition=models.Q(('ref', ''), _negated=True), fields=('kind', 'ref'), name='tasks_saga_kind_ref_uniq'), models.CheckConstraint(condition=models.Q(('status__in', ['pending', 'running', 'compensating', 'completed', 'failed', 'cancelled', 'compensation_failed'])), name='tasks_saga_status_valid')],
+                "indexes": [
+                    models.Index(
+                        condition=models.Q(("status__in", ("pending", "running", "compensating"))),
+                        fields=["wake_at"],
+                        name="tasks_saga_wake_idx",
+                    ),
+                    models.Index(fields=["status", "-created_at"], name="tasks_saga_status_idx"),
+                    models.Index(fields=["request_id"], name="tasks_saga_request_idx"),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        condition=models.Q(("ref", ""), _negated=True),
+                        fields=("kind", "ref"),
+                        name="tasks_saga_kind_ref_uniq",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            (
+                                "status__in",
+                                [
+                                    "pending",
+                                    "running",
+                                    "compensating",
+                                    "completed",
+                                    "failed",
+                                    "cancelled",
+                                    "compensation_failed",
+                                ],
+                            )
+                        ),
+                        name="tasks_saga_status_valid",
+                    ),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='TraceEvent',
+            name="TraceEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('request_id', models.CharField(max_length=128)),
-                ('at', models.DateTimeField()),
-                ('kind', models.CharField(max_length=40)),
-                ('name', models.CharField(blank=True, max_length=200)),
-                ('detail', models.JSONField(blank=True, default=dict)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("request_id", models.CharField(max_length=128)),
+                ("at", models.DateTimeField()),
+                ("kind", models.CharField(max_length=40)),
+                ("name", models.CharField(blank=True, max_length=200)),
+                ("detail", models.JSONField(blank=True, default=dict)),
             ],
             options={
-                'ordering': ['at', 'id'],
-                'indexes': [models.Index(fields=['request_id', 'at'], name='trace_request_at'), models.Index(fields=['at'], name='trace_at')],
+                "ordering": ["at", "id"],
+                "indexes": [
+                    models.Index(fields=["request_id", "at"], name="trace_request_at"),
+                    models.Index(fields=["at"], name="trace_at"),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='SagaStep',
+            name="SagaStep",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('index', models.PositiveSmallIntegerField()),
-                ('name', models.CharField(max_length=100)),
-                ('direction', models.CharField(choices=[('forward', 'Forward'), ('compensation', 'Compensation')], max_length=16)),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('running', 'Running'), ('retrying', 'Retrying'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('skipped', 'Skipped')], default='pending', max_length=16)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('error', models.TextField(blank=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('at', models.DateTimeField(auto_now=True)),
-                ('saga', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='steps', to='tasks.saga')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("index", models.PositiveSmallIntegerField()),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "direction",
+                    models.CharField(
+                        choices=[("forward", "Forward"), ("compensation", "Compensation")],
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("running", "Running"),
+                            ("retrying", "Retrying"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                            ("skipped", "Skipped"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("error", models.TextField(blank=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("at", models.DateTimeField(auto_now=True)),
+                (
+                    "saga",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="steps",
+                        to="tasks.saga",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
-                'constraints': [models.UniqueConstraint(fields=('saga', 'direction', 'index'), name='tasks_sagastep_once_uniq')],
+                "ordering": ["id"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("saga", "direction", "index"), name="tasks_sagastep_once_uniq"
+                    )
+                ],
             },
         ),
     ]

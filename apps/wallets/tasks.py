@@ -1,0 +1,21 @@
+"""Thin Celery entry points of the wallets app."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from tasks.base import SurgeTask
+
+from . import services
+
+
+@shared_task(name="wallets.apply", base=SurgeTask)
+def apply(wallet_id: int) -> None:
+    """Decide the wallet's pending transactions in seq order (any delivery, any count)."""
+    services.transactions_apply(wallet_id=wallet_id)
+
+
+@shared_task(name="wallets.apply_naive", base=SurgeTask)
+def apply_naive(transaction_id: int) -> None:
+    """The seed lab's unordered variant (`WALLETS_APPLY_MODE=naive`): wrong on purpose."""
+    services.transaction_apply_naive(transaction_id=transaction_id)

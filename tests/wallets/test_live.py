@@ -1,0 +1,389 @@
+"""Wallets on the real stack: threads hammer the HTTP API, several worker processes apply,
+duplicate and shuffled deliveries are injected, a worker is SIGKILLed; the stored log must
+equal a sequential model of what the API accepted. And the naive variant, fed the same kind
+of input, must not.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from decimal import Decimal
+
+import pytest
+import redis
+import requests
+
+from apps.wallets.models import Wallet, WalletTransaction
+from apps.wallets.selectors import wallet_verify
+from config.celery import app
+from config.devservices import PrivateRedis
+
+from ..harness import ApiClient, LiveProcess, wait_for
+from .conftest import NAIVE
+from .model import DEPOSIT, WITHDRAWAL, sequential_model, stored_decisions
+
+pytestmark = pytest.mark.live
+
+APPLY = "wallets.apply"
+APPLY_NAIVE = "wallets.apply_naive"
+THREADS = 16
+# Never covered by any balance the plans can build: every wallet has a rejection.
+HUGE = "999999.99"
+
+
+@dataclass(frozen=True)
+class Request:
+    token: str
+    wallet_id: int
+    kind: str
+    amount: str
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    wallet_id: int
+    id: int
+    seq: int
+    kind: str
+    amount: Decimal
+
+
+def _open_wallets(base_url: str, *, users: int, per_user: int) -> list[tuple[str, int]]:
+    """(token, wallet id) for `users * per_user` wallets, opened over HTTP."""
+    wallets = []
+    for _ in range(users):
+        user = ApiClient(base_url).register()
+        assert user.token
+        for _ in range(per_user):
+            response = user.post("/api/wallets/")
+            assert response.status_code == 201, response.text
+            assert response.json()["balance"] == "0.00"
+            wallets.append((user.token, int(response.json()["id"])))
+    return wallets
+
+
+def _plan(wallets: list[tuple[str, int]], *, per_wallet: int, rng: random.Random) -> list[Request]:
+    """`per_wallet` mixed transactions per wallet, ordered so that the requests in flight
+    at any moment target a handful of wallets: several per wallet at once."""
+    per: dict[int, list[Request]] = {}
+    for token, wallet_id in wallets:
+        requests_ = [Request(token, wallet_id, WITHDRAWAL, HUGE)]
+        for _ in range(per_wallet - 1):
+            kind = DEPOSIT if rng.random() < 0.55 else WITHDRAWAL
+            key = f"k-{rng.getrandbits(64):x}" if rng.random() < 0.05 else None
+            amount = f"{rng.randint(1, 6000) / 100:.2f}"
+            requests_.append(Request(token, wallet_id, kind, amount, key))
+        per[wallet_id] = requests_
+    plan: list[Request] = []
+    ids = list(per)
+    for first in range(0, len(ids), 4):
+        group = [r for wallet_id in ids[first : first + 4] for r in per[wallet_id]]
+        rng.shuffle(group)
+        plan += group
+    return plan
+
+
+def _submit(
+    base_url: str, plan: list[Request], *, on_each: Callable[[], None] | None = None
+) -> list[Accepted]:
+    """Posts the plan from THREADS threads (a shared queue, so the plan's order holds
+    roughly); requests with an Idempotency-Key are sent twice and must replay."""
+    work: queue.SimpleQueue[Request] = queue.SimpleQueue()
+    for item in plan:
+        work.put(item)
+    accepted: list[Accepted] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        session = requests.Session()
+        while True:
+            try:
+                item = work.get_nowait()
+            except queue.Empty:
+                return
+            headers = {"Authorization": f"Token {item.token}"}
+            if item.idempotency_key:
+                headers["Idempotency-Key"] = item.idempotency_key
+            url = f"{base_url}/api/wallets/{item.wallet_id}/transactions/"
+            body = {"kind": item.kind, "amount": item.amount}
+            response = session.post(url, json=body, headers=headers, timeout=60)
+            assert response.status_code == 202, response.text
+            answer = response.json()
+            assert answer["status"] == "pending"
+            if item.idempotency_key:
+                replay = session.post(url, json=body, headers=headers, timeout=60)
+                assert replay.status_code == 202
+                assert replay.json() == answer
+                assert replay.headers["Idempotent-Replayed"] == "true"
+            with lock:
+                accepted.append(
+                    Accepted(item.wallet_id, answer["id"], answer["seq"], item.kind,
+                             Decimal(item.amount))
+                )  # fmt: skip
+            if on_each:
+                on_each()
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        for future in [pool.submit(run) for _ in range(THREADS)]:
+            future.result()
+    assert len(accepted) == len(plan)
+    return accepted
+
+
+class Injector:
+    """Publishes extra `wallets.apply` messages straight to the broker, for random wallets
+    in random order: duplicates, and deliveries out of any order (some before the accept
+    they are for has committed). A shuffled round before and after the storm, and one
+    message for a random wallet after about every fifth accepted request."""
+
+    def __init__(self, wallet_ids: list[int], rng: random.Random) -> None:
+        self.wallet_ids = wallet_ids
+        self.rng = rng
+        self.lock = threading.Lock()
+        self.published = 0
+
+    def maybe_one(self) -> None:
+        with self.lock:
+            wallet_id = self.rng.choice(self.wallet_ids) if self.rng.random() < 0.2 else None
+        if wallet_id is not None:
+            app.send_task(APPLY, args=[wallet_id])
+            self.published += 1
+
+    def shuffled_round(self, copies: int = 2) -> None:
+        deliveries = self.wallet_ids * copies
+        with app.producer_or_acquire() as producer:
+            for wallet_id in self.rng.sample(deliveries, len(deliveries)):
+                app.send_task(APPLY, args=[wallet_id], producer=producer)
+                self.published += 1
+
+
+def _by_wallet(accepted: list[Accepted]) -> dict[int, list[tuple[int, str, Decimal]]]:
+    by_wallet: dict[int, list[tuple[int, str, Decimal]]] = defaultdict(list)
+    for item in accepted:
+        by_wallet[item.wallet_id].append((item.seq, item.kind, item.amount))
+    return {wallet_id: sorted(rows) for wallet_id, rows in by_wallet.items()}
+
+
+def _wait_decided(wallet_ids: list[int], per_wallet: int, timeout: float = 90) -> None:
+    def decided() -> bool:
+        behind = Wallet.objects.filter(pk__in=wallet_ids).exclude(last_applied_seq=per_wallet)
+        pending = WalletTransaction.objects.filter(wallet_id__in=wallet_ids, status="pending")
+        return not behind.exists() and not pending.exists()
+
+    wait_for(decided, timeout=timeout, interval=0.3, what="every transaction to be decided")
+
+
+def _assert_sequential(accepted: list[Accepted], wallet_ids: list[int], per_wallet: int) -> None:
+    """Every wallet: seqs 1..n, the stored log is what was accepted, each decision and
+    balance_after equals the sequential model, the balance is its final balance."""
+    by_wallet = _by_wallet(accepted)
+    assert sorted(by_wallet) == sorted(wallet_ids)
+    rejected = 0
+    for wallet_id in wallet_ids:
+        commands = by_wallet[wallet_id]
+        assert [seq for seq, _, _ in commands] == list(range(1, per_wallet + 1))
+        stored = list(
+            WalletTransaction.objects.filter(wallet_id=wallet_id)
+            .order_by("seq")
+            .values_list("seq", "kind", "amount")
+        )
+        assert stored == commands, f"wallet {wallet_id}: stored log differs from the 202s"
+        balance, expected = sequential_model(commands)
+        assert stored_decisions(wallet_id) == expected, f"wallet {wallet_id} differs"
+        wallet = Wallet.objects.get(pk=wallet_id)
+        assert (wallet.balance, wallet.last_seq, wallet.last_applied_seq) == (
+            balance,
+            per_wallet,
+            per_wallet,
+        )
+        rejected += sum(1 for row in expected if row[1] == "rejected")
+    assert rejected >= len(wallet_ids)  # the HUGE withdrawal of each, at least
+    transactions = WalletTransaction.objects.filter(wallet_id__in=wallet_ids)
+    assert transactions.count() == len(accepted)  # no Idempotency-Key replay added one
+    assert not transactions.filter(balance_after__lt=0).exists()
+    assert not transactions.filter(applied_at__isnull=True).exists()
+    assert not Wallet.objects.filter(pk__in=wallet_ids, balance__lt=0).exists()
+    assert all(check.ok for check in wallet_verify(wallet_ids=wallet_ids))
+
+
+def _assert_no_failed_apply(workers: list[LiveProcess]) -> None:
+    for worker in workers:
+        log = worker.log_text()
+        failures = [ln for ln in log.splitlines() if APPLY in ln and "raised" in ln]
+        assert not failures, f"{worker.name}: {failures[:3]}"
+
+
+def _storm(
+    base_url: str,
+    *,
+    wallets: int,
+    per_wallet: int,
+    seed: int,
+    during: Callable[[int], None] | None = None,
+) -> tuple[list[Accepted], list[int]]:
+    rng = random.Random(seed)
+    opened = _open_wallets(base_url, users=max(1, wallets // 5), per_user=5)
+    wallet_ids = [wallet_id for _, wallet_id in opened]
+    plan = _plan(opened, per_wallet=per_wallet, rng=rng)
+    done = [0]
+    lock = threading.Lock()
+
+    injector = Injector(wallet_ids, rng)
+
+    def on_each() -> None:
+        with lock:
+            done[0] += 1
+            count = done[0]
+        injector.maybe_one()
+        if during:
+            during(count)
+
+    injector.shuffled_round()
+    started = time.monotonic()
+    accepted = _submit(base_url, plan, on_each=on_each)
+    print(f"{len(accepted)} accepted in {time.monotonic() - started:.1f} s")
+    injector.shuffled_round()
+    print(f"{injector.published} extra apply messages published")
+    return accepted, wallet_ids
+
+
+def test_storm_with_duplicates_and_shuffles_matches_the_sequential_model(
+    live_web: LiveProcess,
+    worker_pool: Callable[..., list[LiveProcess]],
+    private_redis: PrivateRedis,
+) -> None:
+    workers = worker_pool(3)
+    seed = random.randrange(2**32)
+    print(f"wallets storm seed={seed}")
+    wallets, per_wallet = 50, 40
+    accepted, wallet_ids = _storm(
+        live_web.url or "", wallets=wallets, per_wallet=per_wallet, seed=seed
+    )
+    assert len(accepted) == wallets * per_wallet
+
+    started = time.monotonic()
+    _wait_decided(wallet_ids, per_wallet)
+    print(f"decided {time.monotonic() - started:.1f} s after the last accept")
+    # Let the remaining duplicates run too: they must change nothing.
+    broker = redis.Redis.from_url(private_redis.url)
+    wait_for(lambda: broker.llen("default") == 0, timeout=60, what="the queue to empty")
+    _assert_sequential(accepted, wallet_ids, per_wallet)
+    _assert_no_failed_apply(workers)
+    for worker in workers:
+        assert f"Task {APPLY}[" in worker.log_text(), f"{worker.name} applied nothing"
+
+
+def test_worker_sigkill_mid_storm_changes_nothing(
+    live_web: LiveProcess, worker_pool: Callable[..., list[LiveProcess]]
+) -> None:
+    victim, *survivors = worker_pool(3)
+    seed = random.randrange(2**32)
+    print(f"wallets sigkill seed={seed}")
+    wallets, per_wallet = 20, 40
+    killed_at: list[int] = []
+
+    def kill_mid_storm(done: int) -> None:
+        # A third of the way in, while the victim is busy applying.
+        if done == wallets * per_wallet // 3:
+            victim.kill()
+            killed_at.append(done)
+
+    accepted, wallet_ids = _storm(
+        live_web.url or "", wallets=wallets, per_wallet=per_wallet, seed=seed,
+        during=kill_mid_storm,
+    )  # fmt: skip
+    assert killed_at and not victim.alive()
+    assert f"Task {APPLY}[" in victim.log_text(), "the victim was killed before it worked"
+
+    _wait_decided(wallet_ids, per_wallet)
+    _assert_sequential(accepted, wallet_ids, per_wallet)
+    _assert_no_failed_apply(survivors)
+
+
+def _queued_task_names(broker: redis.Redis, queue_name: str = "default") -> list[str]:
+    return [json.loads(raw)["headers"]["task"] for raw in broker.lrange(queue_name, 0, -1)]
+
+
+def test_naive_mode_gets_the_same_kind_of_input_wrong(
+    live_worker: LiveProcess,
+    naive_web: LiveProcess,
+    worker_pool: Callable[..., list[LiveProcess]],
+    private_redis: PrivateRedis,
+) -> None:
+    """WALLETS_APPLY_MODE=naive: one plain task per transaction, applied in whatever order
+    it is delivered. Deliveries are reordered on purpose (as a broker may after a
+    redelivery) so the failure is certain, not a lucky race: for half of the wallets the
+    naive tasks arrive in reverse seq order, for the other half in order."""
+    live_worker.kill()  # nothing may consume until the deliveries are reordered
+    broker = redis.Redis.from_url(private_redis.url)
+    broker.delete("default")
+    seed = random.randrange(2**32)
+    print(f"wallets naive seed={seed}")
+    rng = random.Random(seed)
+    base_url = naive_web.url or ""
+    wallets, per_wallet = 20, 20
+
+    opened = _open_wallets(base_url, users=4, per_user=5)
+    wallet_ids = [wallet_id for _, wallet_id in opened]
+    accepted = _submit(base_url, _plan(opened, per_wallet=per_wallet - 2, rng=rng))
+    # Each wallet ends with a deposit of 5.00 and then a withdrawal of 1.00: in seq order
+    # the withdrawal is always covered; delivered first, it meets an empty wallet.
+    for tail in ((DEPOSIT, "5.00"), (WITHDRAWAL, "1.00")):
+        accepted += _submit(base_url, [Request(t, w, *tail) for t, w in opened])
+    by_wallet = _by_wallet(accepted)
+    assert all(rows[-2:] == [(per_wallet - 1, DEPOSIT, Decimal("5.00")),
+                             (per_wallet, WITHDRAWAL, Decimal("1.00"))]
+               for rows in by_wallet.values())  # fmt: skip
+
+    # The mode was chosen at acceptance: one naive task per transaction, no ordered applier.
+    queued = _queued_task_names(broker)
+    assert queued == [APPLY_NAIVE] * len(accepted) == [APPLY_NAIVE] * wallets * per_wallet
+    broker.delete("default")
+    ids = {(item.wallet_id, item.seq): item.id for item in accepted}
+    reversed_wallets = set(rng.sample(wallet_ids, wallets // 2))
+    with app.producer_or_acquire() as producer:
+        for wallet_id in rng.sample(wallet_ids, wallets):
+            seqs = range(1, per_wallet + 1)
+            for seq in reversed(seqs) if wallet_id in reversed_wallets else seqs:
+                app.send_task(APPLY_NAIVE, args=[ids[wallet_id, seq]], producer=producer)
+    # One process, one at a time: the deliveries are applied exactly in that order.
+    (naive_worker,) = worker_pool(1, concurrency=1, env=NAIVE)
+
+    def decided() -> bool:
+        pending = WalletTransaction.objects.filter(wallet_id__in=wallet_ids, status="pending")
+        return not pending.exists()
+
+    wait_for(decided, timeout=90, interval=0.3, what="every naive task to run")
+    assert f"Task {APPLY_NAIVE}[" in naive_worker.log_text()
+
+    wrong = []
+    for wallet_id in wallet_ids:
+        balance, expected = sequential_model(by_wallet[wallet_id])
+        stored = stored_decisions(wallet_id)
+        assert [row[0] for row in stored] == list(range(1, per_wallet + 1))
+        if wallet_id in reversed_wallets:
+            # The covered withdrawal was refused: the seed's warning, demonstrated.
+            assert expected[-1] == (per_wallet, "applied", "", balance)
+            assert stored[-1] == (per_wallet, "rejected", "insufficient_funds", Decimal("0.00"))
+            wrong.append(wallet_id)
+        else:
+            # In order, naive is right: only the order made the difference.
+            assert stored == expected
+            assert Wallet.objects.get(pk=wallet_id).balance == balance
+    assert len(wrong) == wallets // 2
+    # The database still kept what it enforces: nothing negative, each decided once.
+    assert not WalletTransaction.objects.filter(balance_after__lt=0).exists()
+    assert not Wallet.objects.filter(balance__lt=0).exists()
+    assert WalletTransaction.objects.filter(wallet_id__in=wallet_ids).count() == len(accepted)
+    # And the verify action sees nothing wrong with the arithmetic, only with the order:
+    # every balance still equals its applied deposits minus its applied withdrawals.
+    assert all(check.balance_ok for check in wallet_verify(wallet_ids=wallet_ids))

@@ -1,0 +1,210 @@
+"""Services and admin of the wallets app: the apply callback, the ordered applier against a
+sequential model, the naive variant's failure, and the verify action."""
+
+from __future__ import annotations
+
+import logging
+import random
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.db import IntegrityError, transaction
+from django.test import override_settings
+
+from apps.wallets import selectors, services
+from apps.wallets.models import Wallet, WalletTransaction
+
+from .model import DEPOSIT, WITHDRAWAL, sequential_model, stored_decisions
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def wallet(django_user_model: Any) -> Wallet:
+    return services.wallet_create(owner_id=django_user_model.objects.create_user("ann").pk)
+
+
+def _accept(wallet: Wallet, kind: str, amount: str) -> tuple[int, str, Decimal]:
+    accepted = services.transaction_accept(wallet_id=wallet.pk, kind=kind, amount=Decimal(amount))
+    return accepted.seq, kind, Decimal(amount)
+
+
+def test_decide_moves_money_or_rejects_without_touching_the_wallet(wallet: Wallet) -> None:
+    wallet.balance = Decimal("10.00")
+    deposit = WalletTransaction(wallet=wallet, seq=1, kind=DEPOSIT, amount=Decimal("2.50"))
+    assert services.transaction_decide(wallet, deposit).status == "applied"
+    assert wallet.balance == deposit.balance_after == Decimal("12.50")
+
+    too_much = WalletTransaction(wallet=wallet, seq=2, kind=WITHDRAWAL, amount=Decimal("12.51"))
+    outcome = services.transaction_decide(wallet, too_much)
+    assert (outcome.status, outcome.reason) == ("rejected", "insufficient_funds")
+    assert wallet.balance == too_much.balance_after == Decimal("12.50")
+
+    exact = WalletTransaction(wallet=wallet, seq=3, kind=WITHDRAWAL, amount=Decimal("12.50"))
+    assert services.transaction_decide(wallet, exact).status == "applied"
+    assert wallet.balance == exact.balance_after == Decimal("0.00")
+
+
+def test_a_deposit_past_the_largest_balance_is_rejected_and_later_ones_continue(
+    wallet: Wallet,
+) -> None:
+    Wallet.objects.filter(pk=wallet.pk).update(balance=services.MAX_BALANCE - Decimal("1.00"))
+    accepted = [
+        _accept(wallet, DEPOSIT, "2.00"),
+        _accept(wallet, DEPOSIT, "1.00"),
+        _accept(wallet, WITHDRAWAL, "5.00"),
+    ]
+    services.transactions_apply(wallet_id=wallet.pk)
+    assert stored_decisions(wallet.pk) == [
+        (1, "rejected", "balance_limit", services.MAX_BALANCE - Decimal("1.00")),
+        (2, "applied", "", services.MAX_BALANCE),
+        (3, "applied", "", services.MAX_BALANCE - Decimal("5.00")),
+    ]
+    assert [seq for seq, _, _ in accepted] == [1, 2, 3]
+
+
+def test_the_applier_matches_the_sequential_model(wallet: Wallet, caplog: Any) -> None:
+    rng = random.Random(11)
+    accepted = [
+        _accept(wallet, rng.choice([DEPOSIT, WITHDRAWAL]), f"{rng.randint(1, 5000) / 100:.2f}")
+        for _ in range(60)
+    ]
+    with caplog.at_level(logging.DEBUG, logger="apps.wallets.services"):
+        report = services.transactions_apply(wallet_id=wallet.pk)
+    balance, expected = sequential_model(accepted)
+    assert report.decided == 60
+    assert report.rejected == sum(1 for row in expected if row[1] == "rejected") > 0
+    assert stored_decisions(wallet.pk) == expected
+    wallet.refresh_from_db()
+    assert (wallet.balance, wallet.last_applied_seq) == (balance, 60)
+    # The notification hook ran once, after the batch, with its whole range.
+    hooks = [r.getMessage() for r in caplog.records if r.getMessage().startswith("wallet.applied")]
+    assert hooks == [f"wallet.applied wallet={wallet.pk} owner={wallet.owner_id} seqs=1..60 "
+                     f"balance={balance}"]  # fmt: skip
+
+    before = stored_decisions(wallet.pk)
+    again = services.transactions_apply(wallet_id=wallet.pk)
+    assert again.decided == 0
+    assert stored_decisions(wallet.pk) == before
+
+
+def test_accepts_share_one_applier_message_until_it_has_run(
+    wallet: Wallet, monkeypatch: Any
+) -> None:
+    from tasks.models import OutboxMessage
+
+    monkeypatch.setattr(services, "APPLY_COALESCE_WINDOW_S", 10**9)  # one window
+
+    def appliers() -> list[list[int]]:
+        rows = OutboxMessage.objects.filter(task_name="wallets.apply").order_by("pk")
+        return [row.args for row in rows]
+
+    for _ in range(3):
+        _accept(wallet, DEPOSIT, "1.00")
+    # None of the three has been applied: one applier message will see them all.
+    assert appliers() == [[wallet.pk]]
+    services.transactions_apply(wallet_id=wallet.pk)
+    _accept(wallet, DEPOSIT, "1.00")
+    _accept(wallet, DEPOSIT, "1.00")
+    # The first applier has run (last_applied_seq moved): the next accepts need a new one.
+    assert appliers() == [[wallet.pk], [wallet.pk]]
+    other = services.wallet_create(owner_id=wallet.owner_id)
+    _accept(other, DEPOSIT, "1.00")
+    assert appliers() == [[wallet.pk], [wallet.pk], [other.pk]]
+
+
+def test_the_database_refuses_a_negative_balance_or_amount(wallet: Wallet) -> None:
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Wallet.objects.filter(pk=wallet.pk).update(balance=Decimal("-0.01"))
+    with pytest.raises(IntegrityError), transaction.atomic():
+        WalletTransaction.objects.create(wallet=wallet, seq=1, kind=DEPOSIT, amount=Decimal(0))
+    with pytest.raises(IntegrityError), transaction.atomic():
+        WalletTransaction.objects.create(
+            wallet=wallet, seq=1, kind=DEPOSIT, amount=Decimal(1), balance_after=Decimal(-1)
+        )
+
+
+def test_the_service_rechecks_its_input(wallet: Wallet) -> None:
+    from apps.core.errors import SurgeError
+
+    for kind, amount in [(DEPOSIT, "0"), (DEPOSIT, "0.001"), ("gift", "1.00")]:
+        with pytest.raises(SurgeError) as refused:
+            services.transaction_accept(wallet_id=wallet.pk, kind=kind, amount=Decimal(amount))
+        assert refused.value.code == "invalid"
+    assert Wallet.objects.get(pk=wallet.pk).last_seq == 0
+    with pytest.raises(SurgeError) as missing:
+        services.transaction_accept(wallet_id=987654321, kind=DEPOSIT, amount=Decimal(1))
+    assert (missing.value.code, missing.value.status) == ("not_found", 404)
+
+
+def test_apply_mode_is_ordered_unless_set_and_refuses_nonsense() -> None:
+    assert services.apply_mode() == services.ApplyMode.ORDERED
+    with override_settings(WALLETS_APPLY_MODE="naive"):
+        assert services.apply_mode() == services.ApplyMode.NAIVE
+    with override_settings(WALLETS_APPLY_MODE="fast"), pytest.raises(ImproperlyConfigured):
+        services.apply_mode()
+
+
+def test_naive_apply_decides_in_delivery_order_and_gets_it_wrong(wallet: Wallet) -> None:
+    with override_settings(WALLETS_APPLY_MODE="naive"):
+        accepted = [_accept(wallet, DEPOSIT, "10.00"), _accept(wallet, WITHDRAWAL, "10.00")]
+    ids = dict(WalletTransaction.objects.values_list("seq", "pk"))
+    # Delivered the other way round, as a broker may: the withdrawal meets an empty wallet.
+    assert services.transaction_apply_naive(transaction_id=ids[2]) is True
+    assert services.transaction_apply_naive(transaction_id=ids[1]) is True
+    assert services.transaction_apply_naive(transaction_id=ids[2]) is False  # once each
+
+    _, expected = sequential_model(accepted)
+    assert expected == [(1, "applied", "", Decimal("10.00")), (2, "applied", "", Decimal("0.00"))]
+    assert stored_decisions(wallet.pk) == [
+        (1, "applied", "", Decimal("10.00")),
+        (2, "rejected", "insufficient_funds", Decimal("0.00")),
+    ]
+    assert Wallet.objects.get(pk=wallet.pk).balance == Decimal("10.00")  # the model says 0
+
+
+def test_verify_recomputes_the_balance_from_the_log(wallet: Wallet) -> None:
+    for kind, amount in [(DEPOSIT, "20.00"), (WITHDRAWAL, "7.50"), (WITHDRAWAL, "99.00")]:
+        _accept(wallet, kind, amount)
+    services.transactions_apply(wallet_id=wallet.pk)
+    empty = services.wallet_create(owner_id=wallet.owner_id)
+    checks = selectors.wallet_verify(wallet_ids=[wallet.pk, empty.pk])
+    assert [(c.wallet_id, c.expected_balance, c.decided_count, c.ok) for c in checks] == [
+        (wallet.pk, Decimal("12.50"), 3, True),
+        (empty.pk, Decimal("0.00"), 0, True),
+    ]
+
+    Wallet.objects.filter(pk=wallet.pk).update(balance=Decimal("13.00"))
+    (check,) = selectors.wallet_verify(wallet_ids=[wallet.pk])
+    assert (check.balance_ok, check.log_ok) == (False, True)
+    assert check.balance - check.expected_balance == Decimal("0.50")
+
+
+def test_admin_verify_action_reports_differences(wallet: Wallet, admin_client: Any) -> None:
+    for kind, amount in [(DEPOSIT, "20.00"), (WITHDRAWAL, "5.00")]:
+        _accept(wallet, kind, amount)
+    services.transactions_apply(wallet_id=wallet.pk)
+    url = "/admin/wallets/wallet/"
+
+    def verify() -> list[str]:
+        response = admin_client.post(
+            url, {"action": "verify", "_selected_action": [wallet.pk]}, follow=True
+        )
+        assert response.status_code == 200
+        return [str(m) for m in response.context["messages"]]
+
+    assert verify() == [
+        "1 wallet(s) verified: every balance equals applied deposits minus applied withdrawals."
+    ]
+    Wallet.objects.filter(pk=wallet.pk).update(balance=Decimal("14.00"), last_applied_seq=1)
+    assert verify() == [
+        f"Wallet {wallet.pk}: balance 14.00 but the log gives 15.00 (difference -1.00); "
+        "last_applied_seq 1 but 2 decided transactions."
+    ]
+
+    page = admin_client.get(f"{url}{wallet.pk}/change/")
+    assert page.status_code == 200
+    assert b"Transactions (ordered by seq" in page.content
+    assert admin_client.get("/admin/wallets/wallettransaction/").status_code == 200
