@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,10 @@ from .harness import (
     LiveProcess,
     database_url_of,
     free_port,
+    gunicorn_argv,
     http_ready,
     wait_for,
+    worker_argv,
     worker_ready,
 )
 
@@ -152,16 +156,7 @@ def live_web(live_env: dict[str, str]) -> Iterator[LiveProcess]:
     yield from _start(
         LiveProcess(
             "web",
-            [
-                "gunicorn",
-                "config.wsgi",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                "2",
-                "--log-level",
-                "warning",
-            ],
+            gunicorn_argv(port),
             env=live_env,
             log_dir=LOG_DIR,
             url=f"http://127.0.0.1:{port}",
@@ -203,22 +198,7 @@ def _session_worker(live_env: dict[str, str]) -> Iterator[LiveProcess]:
     yield from _start(
         LiveProcess(
             "worker",
-            [
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "-Q",
-                "high,default,bulk",
-                "--concurrency",
-                "2",
-                "--loglevel",
-                "INFO",
-                "--hostname",
-                f"test-worker-{os.getpid()}@%h",
-                "--without-mingle",
-                "--without-gossip",
-            ],
+            worker_argv("test-worker"),
             env=live_env,
             log_dir=LOG_DIR,
             ready=worker_ready,
@@ -233,6 +213,48 @@ def live_worker(_session_worker: LiveProcess, transactional_db: None) -> LivePro
     if not _session_worker.alive():
         _session_worker.start()
     return _session_worker
+
+
+@pytest.fixture
+def worker_pool(
+    live_env: dict[str, str], transactional_db: None
+) -> Iterator[Callable[..., list[LiveProcess]]]:
+    """`worker_pool(n, concurrency=1, queues="high,default,bulk", env=None)` starts n more
+    Celery worker processes (unique hostnames, this session's database and Redis, `env`
+    added to their environment) and returns them once all are ready; they are stopped
+    when the test ends. They start in parallel: each takes seconds to import Django."""
+    started: list[LiveProcess] = []
+
+    def start(
+        n: int,
+        *,
+        concurrency: int = 1,
+        queues: str = "high,default,bulk",
+        env: dict[str, str] | None = None,
+    ) -> list[LiveProcess]:
+        batch = uuid.uuid4().hex[:8]
+        processes = [
+            LiveProcess(
+                f"worker-pool-{batch}-{i}",
+                worker_argv(f"pool-{batch}-{i}", queues=queues, concurrency=concurrency),
+                env=live_env | (env or {}),
+                log_dir=LOG_DIR,
+                ready=worker_ready,
+                ready_timeout=60.0,
+            )
+            for i in range(n)
+        ]
+        started.extend(processes)
+        with ThreadPoolExecutor(max_workers=n) as executor:
+            # list() re-raises the first start failure; teardown stops the others.
+            list(executor.map(LiveProcess.start, processes))
+        return processes
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.stop()
 
 
 @pytest.fixture
