@@ -48,10 +48,12 @@ class Stack:
         worker_procs: int = 1,
         worker_concurrency: int = 2,
         extra_env: dict[str, str] | None = None,
+        worker_nice: int = 10,
     ) -> None:
         self.web_workers = web_workers or (os.cpu_count() or 2) + 1
         self.worker_procs = worker_procs
         self.worker_concurrency = worker_concurrency
+        self.worker_nice = worker_nice
         self.port = _free_port()
         self.web_url = f"http://127.0.0.1:{self.port}"
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -98,9 +100,15 @@ class Stack:
             ],
         )
         for index in range(self.worker_procs):
+            # Workers run at a lower CPU priority: on this one box they would otherwise
+            # compete with the web processes for the same two cores, and deferred work is
+            # meant to soak up what requests leave (in production they live on other hosts).
             self._spawn(
                 f"worker{index}",
                 [
+                    "nice",
+                    "-n",
+                    str(self.worker_nice),
                     str(BIN / "celery"),
                     "-A",
                     "config",

@@ -14,11 +14,16 @@ from . import services
 TAIL_CHECK_S = 0.3
 
 
+BATCH_SIZE = 2000
+
+
 @shared_task(name="coupons.persist", base=SurgeTask)
 def persist(campaign_id: int, tail: bool = False) -> int:
-    """Drain one batch; re-enqueue while more are waiting (no task holds a worker long)."""
-    done = services.coupons_persist_batch(campaign_id=campaign_id)
-    if done:
+    """Drain one batch. A full batch means a backlog: continue at once. Otherwise stop:
+    while requests keep coming, their own drain messages (at most one per
+    COUPON_DRAIN_EVERY_MS) start the next run, so runs never pile up on each other."""
+    done = services.coupons_persist_batch(campaign_id=campaign_id, batch_size=BATCH_SIZE)
+    if done >= BATCH_SIZE:
         persist.delay(campaign_id)
     elif not tail:
         persist.apply_async((campaign_id, True), countdown=TAIL_CHECK_S)
