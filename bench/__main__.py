@@ -13,7 +13,10 @@ from . import baseline, coupons, toolkit, wallets
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument(
-        "scenario", nargs="?", default="baseline", choices=["baseline", "coupons", "toolkit"]
+        "scenario",
+        nargs="?",
+        default="baseline",
+        choices=["baseline", "coupons", "toolkit", "wallets"],
     )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per HTTP row")
     parser.add_argument("--concurrency", type=int, default=64)

@@ -105,7 +105,7 @@ def run(*, duration: float, concurrency: int, total: int = 100_000) -> str:
         # Drain on its own: a backlog of accepted requests, then time until all are coupons.
         backlog = min(total, 100_000)
         drain_campaign = _campaign(backlog)
-        drain_rate, drain_s = _drain_backlog(stack, drain_campaign, backlog)
+        drain_rate, drain_s, backlog = _drain_backlog(stack, drain_campaign, backlog)
 
         noop = rows[0].rps
         accepted_202 = issue.status_counts.get(202, 0)
@@ -136,7 +136,7 @@ def run(*, duration: float, concurrency: int, total: int = 100_000) -> str:
         return "\n".join(lines)
 
 
-def _drain_backlog(stack: Stack, campaign_id: int, count: int) -> tuple[float, float]:
+def _drain_backlog(stack: Stack, campaign_id: int, count: int) -> tuple[float, float, int]:
     """Insert `count` accepted requests directly, then time the workers turning them into
     coupons (the accept path is measured above; this isolates persisting)."""
     from django.contrib.auth import get_user_model
@@ -159,4 +159,4 @@ def _drain_backlog(stack: Stack, campaign_id: int, count: int) -> tuple[float, f
     app.send_task("coupons.persist", args=[campaign_id])
     app.send_task("coupons.persist", args=[campaign_id])
     elapsed = _wait_drained(campaign_id)
-    return len(user_ids) / elapsed, elapsed
+    return len(user_ids) / elapsed, elapsed, len(user_ids)
