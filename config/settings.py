@@ -98,7 +98,10 @@ DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", 3)
 # Persistent connections: a sync gunicorn worker serves one request at a time, so one
 # connection per process is reused instead of paying a connect per request.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# No per-request health check: with psycopg2 it is an extra `SELECT 1` round trip on every
+# request that touches the database (one-query view: 1,564 -> 1,697 req/s without it).
+# A connection that broke is closed at the end of the request that found it.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("DB_CONN_HEALTH_CHECKS", default=False)
 DATABASES["default"].setdefault("TEST", {})
 DATABASES["default"]["TEST"]["NAME"] = env.str("DATABASE_TEST_NAME", default="test_surge")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
