@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +33,21 @@ def _urls() -> list[tuple[str, str]]:
     ]
 
 
+def _align_gateway_port() -> None:
+    """The bundled gateway must listen where Surge will call it: a loopback
+    PAYMENT_GATEWAY_URL decides its port, else FAKE_GATEWAY_PORT decides the URL."""
+    url = os.environ.get("PAYMENT_GATEWAY_URL")
+    if url:
+        parts = urlsplit(url)
+        if parts.hostname in {"127.0.0.1", "localhost", "::1"} and parts.port:
+            os.environ.setdefault("FAKE_GATEWAY_PORT", str(parts.port))
+    else:
+        port = os.environ.get("FAKE_GATEWAY_PORT", "8010")
+        os.environ["PAYMENT_GATEWAY_URL"] = f"http://127.0.0.1:{port}"
+
+
 def main() -> None:
+    _align_gateway_port()
     bin_dir = str(Path(sys.executable).parent)
     os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
