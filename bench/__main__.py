@@ -7,7 +7,7 @@ import argparse
 import platform
 import time
 
-from . import baseline, coupons, toolkit, wallets
+from . import baseline, coupons, orders, toolkit, wallets
 
 
 def main() -> None:
@@ -16,7 +16,7 @@ def main() -> None:
         "scenario",
         nargs="?",
         default="baseline",
-        choices=["baseline", "coupons", "toolkit", "wallets"],
+        choices=["baseline", "coupons", "orders", "toolkit", "wallets"],
     )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per HTTP row")
     parser.add_argument("--concurrency", type=int, default=64)
@@ -24,7 +24,9 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=5000, help="messages per Celery row")
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    if args.scenario == "wallets":
+    if args.scenario == "orders":
+        table = orders.run(duration=args.duration, rate=min(args.rate, 200.0))
+    elif args.scenario == "wallets":
         table = wallets.run(duration=args.duration, rate=args.rate)
     elif args.scenario == "toolkit":
         table = toolkit.run(tasks=args.tasks)

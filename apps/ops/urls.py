@@ -1,6 +1,7 @@
 from django.urls import URLPattern, path
 
 from apps.coupons.naive import NaiveIssueView
+from apps.orders.synchronous import SynchronousCheckoutView
 
 from . import api
 
@@ -15,4 +16,5 @@ bench_api_urlpatterns: list[URLPattern] = [
     path("noop-stock-auth/", api.StockTokenAuthNoopView.as_view()),
     path("one-query/", api.OneQueryView.as_view()),
     path("coupons/<int:campaign_id>/naive-issue/", NaiveIssueView.as_view()),
+    path("orders/synchronous/", SynchronousCheckoutView.as_view()),
 ]

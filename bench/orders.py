@@ -1,0 +1,212 @@
+"""Orders: confirmed orders/s end to end, accept -> confirmed latency, and the accept
+latency with a slow gateway against a synchronous checkout."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import requests
+
+from .loadgen import LoadResult, format_table, run_load
+from .stack import BIN, LOG_DIR, ROOT, Stack, _free_port
+
+
+def _pct(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))] if ordered else 0.0
+
+
+def _gateway(delay_ms: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    env = dict(os.environ, FAKE_GATEWAY_DELAY_MS=str(delay_ms))
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [str(BIN / "python"), "-m", "apps.orders.fake_gateway",
+         "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=(LOG_DIR / "gateway.log").open("wb"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if requests.get(f"{url}/health", timeout=1).ok:
+                return proc, url
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise RuntimeError("gateway did not start")
+
+
+def _orders_done(after_id: int) -> tuple[int, int]:
+    from apps.orders.models import Order
+
+    orders = Order.objects.filter(pk__gt=after_id)
+    return orders.count(), orders.exclude(status__in=("confirmed", "failed", "cancelled")).count()
+
+
+def _confirm_latencies(after_id: int) -> tuple[list[float], float, int]:
+    """accept -> confirmed per order (ms, database clock) and confirmed/s over the run."""
+    from apps.orders.models import Order
+
+    rows = list(
+        Order.objects.filter(pk__gt=after_id, status="confirmed").values_list(
+            "created_at", "updated_at"
+        )
+    )
+    if not rows:
+        return [], 0.0, 0
+    latencies = [(done - made).total_seconds() * 1000 for made, done in rows]
+    span = (max(d for _, d in rows) - min(m for m, _ in rows)).total_seconds()
+    return latencies, len(rows) / span if span else 0.0, len(rows)
+
+
+def _wait_terminal(after_id: int, timeout: float = 300) -> None:
+    from django.db import connection
+
+    from config.celery import app
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, pending = _orders_done(after_id)
+        if not pending:
+            break
+        app.send_task("tasks.saga_wake")  # what beat does
+        time.sleep(0.5)
+    connection.close()
+
+
+def _last_order_id() -> int:
+    from apps.orders.models import Order
+
+    return Order.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+
+def _scenario(
+    stack: Stack,
+    *,
+    name: str,
+    token: str,
+    rate: float | None,
+    duration: float,
+    headers: list[dict[str, str]],
+    product_id: int,
+    path: str = "/api/orders/",
+) -> LoadResult:
+    body = json.dumps(
+        {"items": [{"product_id": product_id, "quantity": 1}], "payment_token": token}
+    )
+    return run_load(
+        name=name, url=f"{stack.web_url}{path}", method="POST", header_sets=headers,
+        body=body.encode(), duration_s=duration, concurrency=64, rate=rate,
+    )  # fmt: skip
+
+
+def run(*, duration: float = 10.0, rate: float = 200.0) -> str:
+    fast_gateway, fast_url = _gateway(0)
+    slow_gateway, slow_url = _gateway(200)
+    try:
+        return _run(duration=duration, rate=rate, fast_url=fast_url, slow_url=slow_url)
+    finally:
+        for proc in (fast_gateway, slow_gateway):
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=10)
+
+
+def _run(*, duration: float, rate: float, fast_url: str, slow_url: str) -> str:
+    lines: list[str] = []
+    # 1. tok_ok, 0 ms gateway: confirmed orders/s and accept -> confirmed at `rate` offered.
+    with Stack(
+        worker_procs=1, worker_concurrency=4, extra_env={"PAYMENT_GATEWAY_URL": fast_url}
+    ) as stack:
+        stack.django()
+        from apps.orders.models import Product
+
+        headers = [
+            {"Authorization": f"Token {t}", "Content-Type": "application/json"}
+            for t in stack.tokens(50)
+        ]
+        product = Product.objects.create(name="bench", price="9.90", stock_on_hand=10_000_000)
+        start = _last_order_id()
+        accept = _scenario(
+            stack,
+            name=f"POST /api/orders/ tok_ok at {rate:.0f}/s",
+            token="tok_ok",
+            rate=rate,
+            duration=duration,
+            headers=headers,
+            product_id=product.pk,
+        )
+        _wait_terminal(start)
+        latencies, confirmed_rate, confirmed = _confirm_latencies(start)
+        start = _last_order_id()
+        burst = _scenario(
+            stack,
+            name="POST /api/orders/ tok_ok closed loop c=64",
+            token="tok_ok",
+            rate=None,
+            duration=duration,
+            headers=headers,
+            product_id=product.pk,
+        )
+        _wait_terminal(start)
+        _, burst_confirmed_rate, burst_confirmed = _confirm_latencies(start)
+    # 2. tok_slow (200 ms gateway): the saga's accept vs a synchronous checkout.
+    with Stack(
+        worker_procs=1, worker_concurrency=4, extra_env={"PAYMENT_GATEWAY_URL": slow_url}
+    ) as stack:
+        stack.django()
+        from apps.orders.models import Product
+
+        headers = [
+            {"Authorization": f"Token {t}", "Content-Type": "application/json"}
+            for t in stack.tokens(50)
+        ]
+        product = Product.objects.create(name="bench-slow", price="9.90", stock_on_hand=10_000_000)
+        start = _last_order_id()
+        slow = _scenario(
+            stack,
+            name=f"POST /api/orders/ tok_slow at {rate:.0f}/s",
+            token="tok_slow",
+            rate=rate,
+            duration=duration,
+            headers=headers,
+            product_id=product.pk,
+        )
+        sync = _scenario(
+            stack,
+            name=f"synchronous checkout tok_slow at {rate:.0f}/s",
+            token="tok_slow",
+            rate=rate,
+            duration=duration,
+            headers=headers,
+            product_id=product.pk,
+            path="/api/bench/orders/synchronous/",
+        )
+        _wait_terminal(start)
+    lines += [
+        "gunicorn x3; worker 1 x 4 (nice 10); fake gateway 0 ms / 200 ms",
+        "",
+        format_table(
+            [accept, burst, slow, sync],
+            extra_cols={
+                "answers": [
+                    " ".join(f"{k}:{v}" for k, v in sorted(r.status_counts.items()))
+                    for r in (accept, burst, slow, sync)
+                ],
+                "dropped": [str(getattr(r, "dropped", "")) for r in (accept, burst, slow, sync)],
+            },
+        ),
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| confirmed orders/s, {rate:.0f}/s offered | {confirmed_rate:,.0f} "
+        f"({confirmed} confirmed) |",
+        f"| accept -> confirmed at {rate:.0f}/s offered | p50 {_pct(latencies, 50):,.0f} ms, "
+        f"p99 {_pct(latencies, 99):,.0f} ms |",
+        f"| confirmed orders/s, closed loop c=64 | {burst_confirmed_rate:,.0f} "
+        f"({burst_confirmed} confirmed) |",
+    ]
+    return "\n".join(lines)
