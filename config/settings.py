@@ -321,3 +321,6 @@ WALLET_MAX_AMOUNT = env.str("WALLET_MAX_AMOUNT", default="1000000.00")
 WALLETS_APPLY_MODE = env.str("WALLETS_APPLY_MODE", default="ordered")
 if WALLETS_APPLY_MODE not in ("ordered", "naive"):
     raise ImproperlyConfigured("WALLETS_APPLY_MODE must be 'ordered' or 'naive'.")
+
+# Bench-only endpoints that write (bench/stack.py sets it); never on in a real deployment.
+BENCH_WRITE_ENDPOINTS = env.bool("BENCH_WRITE_ENDPOINTS", default=False)

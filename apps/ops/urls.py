@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.urls import URLPattern, path
 
 from apps.coupons.naive import NaiveIssueView
@@ -15,6 +16,12 @@ bench_api_urlpatterns: list[URLPattern] = [
     path("noop-auth/", api.AuthenticatedNoopView.as_view()),
     path("noop-stock-auth/", api.StockTokenAuthNoopView.as_view()),
     path("one-query/", api.OneQueryView.as_view()),
-    path("coupons/<int:campaign_id>/naive-issue/", NaiveIssueView.as_view()),
-    path("orders/synchronous/", SynchronousCheckoutView.as_view()),
 ]
+
+# Bench-only variants that write (a naive coupon issue, a synchronous checkout): routed
+# only when BENCH_WRITE_ENDPOINTS is on (bench/stack.py turns it on), never by default.
+if settings.BENCH_WRITE_ENDPOINTS:
+    bench_api_urlpatterns += [
+        path("coupons/<int:campaign_id>/naive-issue/", NaiveIssueView.as_view()),
+        path("orders/synchronous/", SynchronousCheckoutView.as_view()),
+    ]
