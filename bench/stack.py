@@ -35,7 +35,9 @@ def _free_port() -> int:
 def _bench_database_url(url: str) -> str:
     parts = urlsplit(url)
     name = parts.path.lstrip("/") or "surge"
-    return urlunsplit(parts._replace(path=f"/{name}_bench"))
+    if not name.endswith("_bench"):  # a second Stack in one run: Stack.django() exported it
+        name = f"{name}_bench"
+    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 class Stack:
