@@ -3,6 +3,7 @@ latency with a slow gateway against a synchronous checkout."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -115,76 +116,54 @@ def run(*, duration: float = 10.0, rate: float = 200.0) -> str:
             proc.wait(timeout=10)
 
 
+def _prepare(stack: Stack, product_name: str) -> functools.partial[LoadResult]:
+    """Tokens and a well-stocked product on `stack`; returns `_scenario` bound to them."""
+    stack.django()
+    from apps.orders.models import Product
+
+    headers = [
+        {"Authorization": f"Token {t}", "Content-Type": "application/json"}
+        for t in stack.tokens(50)
+    ]
+    product = Product.objects.create(name=product_name, price="9.90", stock_on_hand=10_000_000)
+    return functools.partial(_scenario, stack, headers=headers, product_id=product.pk)
+
+
 def _run(*, duration: float, rate: float, fast_url: str, slow_url: str) -> str:
     lines: list[str] = []
     # 1. tok_ok, 0 ms gateway: confirmed orders/s and accept -> confirmed at `rate` offered.
     with Stack(
         worker_procs=1, worker_concurrency=4, extra_env={"PAYMENT_GATEWAY_URL": fast_url}
     ) as stack:
-        stack.django()
-        from apps.orders.models import Product
-
-        headers = [
-            {"Authorization": f"Token {t}", "Content-Type": "application/json"}
-            for t in stack.tokens(50)
-        ]
-        product = Product.objects.create(name="bench", price="9.90", stock_on_hand=10_000_000)
+        scenario = _prepare(stack, "bench")
         start = _last_order_id()
-        accept = _scenario(
-            stack,
-            name=f"POST /api/orders/ tok_ok at {rate:.0f}/s",
-            token="tok_ok",
-            rate=rate,
+        accept = scenario(
+            name=f"POST /api/orders/ tok_ok at {rate:.0f}/s", token="tok_ok", rate=rate,
             duration=duration,
-            headers=headers,
-            product_id=product.pk,
-        )
+        )  # fmt: skip
         _wait_terminal(start)
         latencies, confirmed_rate, confirmed = _confirm_latencies(start)
         start = _last_order_id()
-        burst = _scenario(
-            stack,
-            name="POST /api/orders/ tok_ok closed loop c=64",
-            token="tok_ok",
-            rate=None,
+        burst = scenario(
+            name="POST /api/orders/ tok_ok closed loop c=64", token="tok_ok", rate=None,
             duration=duration,
-            headers=headers,
-            product_id=product.pk,
-        )
+        )  # fmt: skip
         _wait_terminal(start)
         _, burst_confirmed_rate, burst_confirmed = _confirm_latencies(start)
     # 2. tok_slow (200 ms gateway): the saga's accept vs a synchronous checkout.
     with Stack(
         worker_procs=1, worker_concurrency=4, extra_env={"PAYMENT_GATEWAY_URL": slow_url}
     ) as stack:
-        stack.django()
-        from apps.orders.models import Product
-
-        headers = [
-            {"Authorization": f"Token {t}", "Content-Type": "application/json"}
-            for t in stack.tokens(50)
-        ]
-        product = Product.objects.create(name="bench-slow", price="9.90", stock_on_hand=10_000_000)
+        scenario = _prepare(stack, "bench-slow")
         start = _last_order_id()
-        slow = _scenario(
-            stack,
-            name=f"POST /api/orders/ tok_slow at {rate:.0f}/s",
-            token="tok_slow",
-            rate=rate,
+        slow = scenario(
+            name=f"POST /api/orders/ tok_slow at {rate:.0f}/s", token="tok_slow", rate=rate,
             duration=duration,
-            headers=headers,
-            product_id=product.pk,
-        )
-        sync = _scenario(
-            stack,
-            name=f"synchronous checkout tok_slow at {rate:.0f}/s",
-            token="tok_slow",
-            rate=rate,
-            duration=duration,
-            headers=headers,
-            product_id=product.pk,
-            path="/api/bench/orders/synchronous/",
-        )
+        )  # fmt: skip
+        sync = scenario(
+            name=f"synchronous checkout tok_slow at {rate:.0f}/s", token="tok_slow", rate=rate,
+            duration=duration, path="/api/bench/orders/synchronous/",
+        )  # fmt: skip
         _wait_terminal(start)
     lines += [
         "gunicorn x3; worker 1 x 4 (nice 10); fake gateway 0 ms / 200 ms",
