@@ -13,9 +13,8 @@ from ..harness import ROOT, LiveProcess, free_port, gunicorn_argv, http_ready
 # Where the session fixtures log (tests/conftest.py), per test database.
 LOG_DIR = ROOT / ".run" / f"test-{settings.DATABASES['default']['TEST']['NAME']}" / "logs"
 
-# The setting itself, so the naive mode does not depend on config/settings.py reading it
-# from the environment.
-NAIVE = {"DJANGO_SETTINGS_MODULE": "tests.wallets.naive_settings", "WALLETS_APPLY_MODE": "naive"}
+# The environment of the naive-mode processes (config/settings.py reads the mode from it).
+NAIVE = {"WALLETS_APPLY_MODE": "naive"}
 
 
 @pytest.fixture
