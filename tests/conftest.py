@@ -245,9 +245,11 @@ def worker_pool(
             for i in range(n)
         ]
         started.extend(processes)
+        for process in processes:
+            process.spawn()  # from this (main) thread: see LiveProcess.spawn
         with ThreadPoolExecutor(max_workers=n) as executor:
             # list() re-raises the first start failure; teardown stops the others.
-            list(executor.map(LiveProcess.start, processes))
+            list(executor.map(LiveProcess.wait_ready, processes))
         return processes
 
     try:

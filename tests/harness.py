@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -19,6 +21,7 @@ import requests
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
+_SETPRIV = shutil.which("setpriv")  # util-linux; absent on some systems (then no pdeathsig)
 
 
 def free_port() -> int:
@@ -106,10 +109,21 @@ class LiveProcess:
         log_dir.mkdir(parents=True, exist_ok=True)
 
     def start(self) -> None:
+        self.spawn()
+        self.wait_ready()
+
+    def spawn(self) -> None:
+        """Starts the process without waiting. Call it from the main thread: the child is
+        told to die with the thread that started it (PR_SET_PDEATHSIG, through util-linux's
+        `setpriv` where it exists), so a pytest run that is itself SIGKILLed leaves no live
+        servers behind. A thread that ends would take its children with it."""
         self.log_path.write_bytes(b"")
         log = self.log_path.open("ab")
+        argv = self.argv
+        if _SETPRIV and threading.current_thread() is threading.main_thread():
+            argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
         self.proc = subprocess.Popen(
-            self.argv,
+            argv,
             cwd=ROOT,
             env=self.env,
             stdout=log,
@@ -118,6 +132,9 @@ class LiveProcess:
             start_new_session=True,  # its own group: kill() reaches the pool children too
         )
         log.close()
+
+    def wait_ready(self) -> None:
+        assert self.proc is not None, "spawn() first"
         deadline = time.monotonic() + self.ready_timeout
         while not self.ready(self):
             if self.proc.poll() is not None:
