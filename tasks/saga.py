@@ -28,9 +28,14 @@ lease meanwhile. Effects outside the database (an HTTP call, a payment) may happ
 them with `ctx.idempotency_key`.
 
 Running. `saga_start` writes the saga in the caller's transaction and enqueues
-`tasks.saga_advance` through the outbox. Each advance takes the saga's lease (a conditional
-UPDATE, so a saga never has two runners: a second one returns quietly), runs one step, records
-the outcome and enqueues the next advance. Every runnable saga carries `wake_at`; the beat task
+`tasks.saga_advance` through the outbox. Each advance (a "turn") takes the saga's lease (a
+conditional UPDATE, so a saga never has two runners: a second one returns quietly) and runs
+steps one after the other while they succeed and the turn's time budget lasts
+(SAGA_TURN_BUDGET): the transaction that records a step's success also marks the next step
+`running`, so a turn of n steps costs n + 1 commits and no broker message between them. A
+turn ends, releasing the lease and enqueueing the next advance, when its budget is spent; a
+retry waits for its backoff in a new turn; a finished or parked saga simply releases the
+lease. Every runnable saga carries `wake_at`; the beat task
 `tasks.saga_wake` re-enqueues sagas whose `wake_at` has passed and whose lease is free. That one
 rule delivers long retry delays (no broker ETA longer than `SAGA_COUNTDOWN_MAX`), recovers lost
 advance messages, and resumes sagas whose runner died mid-step (the lease expires, the step
@@ -39,14 +44,16 @@ still reads `running`, and the next runner counts it as a spent attempt).
 Knobs (Django setting, else environment variable, else default): SAGA_BACKOFF_BASE (1 s),
 SAGA_BACKOFF_MAX (60 s), SAGA_COUNTDOWN_MAX (5 s), SAGA_RECOVER_AFTER (60 s: how long a queued
 advance may wait before the sweeper sends another), SAGA_STEP_TIME_LIMIT (60 s soft limit of a
-step; the lease outlasts the hard limit so an expired lease means a dead runner),
-SAGA_WAKE_BATCH (500).
+turn; the lease outlasts the hard limit so an expired lease means a dead runner),
+SAGA_TURN_BUDGET (2 s: a turn starts no new step after this long, so one saga never holds a
+worker for long while others wait), SAGA_WAKE_BATCH (500).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -299,25 +306,32 @@ def saga_start(
     return saga
 
 
-def saga_advance(*, saga_id: int) -> bool:
-    """Runs one turn of the saga: at most one step or compensation function.
+def saga_advance(*, saga_id: int, budget: float | None = None) -> bool:
+    """Runs one turn of the saga: its steps (or compensations) one after the other, while
+    they succeed and `budget` seconds (default SAGA_TURN_BUDGET) have not passed since the
+    turn began. A step is only started within the budget, but the first step of a turn always
+    runs: a budget of 0 runs exactly one step per turn.
 
     Invariant: at most one runner per saga. The lease is taken by a conditional UPDATE; a
     caller that finds it held (or the saga finished) returns False and changes nothing.
     """
-    token = uuid.uuid4().hex
-    lease = timedelta(seconds=LEASE_SECONDS)
-    taken = (
-        Saga.objects.filter(pk=saga_id, status__in=RUNNABLE)
-        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=Now()))
-        .update(lease_token=token, lease_until=Now() + lease, wake_at=Now() + lease)
-    )
-    if not taken:
-        return False
+    if budget is None:
+        budget = _knob("SAGA_TURN_BUDGET", 2.0)
+    turn = _Turn(saga_id, uuid.uuid4().hex, time.monotonic() + budget)
+    # The saga's request id follows its work, even when the sweeper sent the message.
+    request_token = set_request_id(get_request_id())
     try:
-        _turn(saga_id, token)
+        work = _begin_turn(turn)
+        if not turn.taken:
+            return False
+        while work is not None:
+            work = _run(turn, work)
     finally:
-        Saga.objects.filter(pk=saga_id, lease_token=token).update(lease_token="", lease_until=None)
+        if turn.holding:  # an error left the lease taken: free it rather than let it expire
+            Saga.objects.filter(pk=saga_id, lease_token=turn.token).update(
+                lease_token="", lease_until=None
+            )
+        reset_request_id(request_token)
     return True
 
 
@@ -327,8 +341,9 @@ def saga_cancel(*, saga_id: int, reason: str = "cancelled") -> Saga:
     has started or the saga has finished otherwise; cancelling twice changes nothing.
 
     Safe against a runner mid-step: under the saga's row lock, a held lease only records
-    `cancel_requested` and the runner compensates at its next turn; a free lease lets the
-    cancel move the saga to `compensating` itself.
+    `cancel_requested` and the runner compensates as soon as its current step ends (it reads
+    the flag under the same lock before starting another); a free lease lets the cancel move
+    the saga to `compensating` itself.
     """
     with transaction.atomic():
         saga = Saga.objects.select_for_update().get(pk=saga_id)
@@ -449,44 +464,67 @@ def saga_step_list(*, saga_id: int) -> list[SagaStep]:
 @dataclass(frozen=True)
 class _Work:
     saga_id: int
-    row_id: int
+    row: SagaStep
     step: Step
     direction: str
     fn: StepFn
     ctx: StepContext
 
 
+class _Turn:
+    """One runner's turn: its lease token, when it stops starting steps, and the saga's
+    forward step rows as this runner last wrote them (the lease makes it their only writer,
+    so they are read once per turn; None when they must be read again)."""
+
+    __slots__ = ("deadline", "holding", "rows", "saga_id", "taken", "token")
+
+    def __init__(self, saga_id: int, token: str, deadline: float) -> None:
+        self.saga_id = saga_id
+        self.token = token
+        self.deadline = deadline
+        self.taken = False  # the lease was ours at some point of the turn
+        self.holding = False  # the database may still show the lease as ours
+        self.rows: list[SagaStep] | None = None
+
+
 class _LeaseLost(Exception):
     pass
 
 
-def _turn(saga_id: int, token: str) -> None:
-    # The saga's request id follows its work, even when the sweeper sent the message.
-    request_token = set_request_id(get_request_id())
-    try:
-        with transaction.atomic():
-            saga = _locked(saga_id, token)
-            if saga is None:
-                return
-            set_request_id(saga.request_id or get_request_id())
-            work = _plan(saga)
-            if work is None:
-                # Nothing to run: the lease ends with this transaction's state change.
-                saga.lease_token, saga.lease_until = "", None
-            saga.save()
-        if work is not None:
-            _run(work, token)
-    finally:
-        reset_request_id(request_token)
+def _begin_turn(turn: _Turn) -> _Work | None:
+    """Takes the lease and starts the first step, in one transaction: a second runner's
+    conditional UPDATE waits for this row lock and then finds the lease taken."""
+    lease = timedelta(seconds=LEASE_SECONDS)
+    with transaction.atomic():
+        taken = (
+            Saga.objects.filter(pk=turn.saga_id, status__in=RUNNABLE)
+            .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=Now()))
+            .update(lease_token=turn.token, lease_until=Now() + lease, wake_at=Now() + lease)
+        )
+        if not taken:
+            return None
+        saga = _locked(turn.saga_id, turn.token)
+        if saga is None:  # we hold its row lock since the UPDATE: cannot happen
+            raise RuntimeError(f"saga #{turn.saga_id}: lease taken but the row is gone")
+        set_request_id(saga.request_id or get_request_id())
+        planned = _plan(saga, turn)
+        work = None if planned is None else _start_attempt(saga, *planned)
+        if work is None:
+            _end_lease(saga)  # nothing to run: the lease ends with this state change
+        saga.save()
+    turn.taken = True
+    turn.holding = work is not None
+    return work
 
 
 def _locked(saga_id: int, token: str) -> Saga | None:
     return Saga.objects.select_for_update().filter(pk=saga_id, lease_token=token).first()
 
 
-def _plan(saga: Saga) -> _Work | None:
-    """State-only moves until a function must be called (marked `running`, returned) or
-    there is nothing to do. Runs under the lease and the saga's row lock; the caller saves."""
+def _plan(saga: Saga, turn: _Turn) -> tuple[SagaStep, Step] | None:
+    """State-only moves until a function must be called: returns the row to run next and
+    its step (not started yet), or None when there is nothing to run. Runs under the lease
+    and the saga's row lock; the caller saves."""
     definition = _REGISTRY.get(saga.kind)
     if definition is None:
         _needs_attention(saga, f"saga kind {saga.kind!r} is not defined in this process")
@@ -503,18 +541,17 @@ def _plan(saga: Saga) -> _Work | None:
                 _begin_compensation(saga, definition)
                 continue
             direction = StepDirection.FORWARD
-            row = (
-                saga.steps.select_for_update()
-                .filter(direction=direction)
-                .exclude(status=StepStatus.SUCCEEDED)
-                .order_by("index")
-                .first()
-            )
+            if turn.rows is None:
+                turn.rows = list(
+                    saga.steps.select_for_update().filter(direction=direction).order_by("index")
+                )
+            row = next((r for r in turn.rows if r.status != StepStatus.SUCCEEDED), None)
             if row is None:
                 _saga_move(saga, SagaStatus.COMPLETED)
                 saga.finished_at, saga.wake_at = timezone.now(), None
                 return None
         elif saga.status == SagaStatus.COMPENSATING:
+            turn.rows = None  # _begin_compensation changed forward rows in bulk
             direction = StepDirection.COMPENSATION
             row = (
                 saga.steps.select_for_update()
@@ -538,7 +575,7 @@ def _plan(saga: Saga) -> _Work | None:
             if _fail_row(saga, row, definition, f"{row.name}_retries_exhausted", error):
                 continue
             return None
-        return _start_attempt(saga, row, step)
+        return row, step
 
 
 def _start_attempt(saga: Saga, row: SagaStep, step: Step) -> _Work:
@@ -563,64 +600,90 @@ def _start_attempt(saga: Saga, row: SagaStep, step: Step) -> _Work:
         failure_reason=saga.failure_reason,
         request_id=saga.request_id,
     )
-    return _Work(saga.pk, row.pk, step, row.direction, fn, ctx)
+    return _Work(saga.pk, row, step, row.direction, fn, ctx)
 
 
-def _run(work: _Work, token: str) -> None:
-    """Calls the function, then records its outcome — only while still holding the lease."""
+def _continue(saga: Saga, turn: _Turn) -> _Work | None:
+    """After a step's outcome, in the transaction that records it: starts the next step
+    while the turn's budget lasts; else hands the saga to a new turn (a fresh message).
+    A saga with nothing left to run finishes here either way. Saves the saga."""
+    planned = _plan(saga, turn)
+    work = None
+    if planned is None:
+        _end_lease(saga)
+    elif time.monotonic() < turn.deadline:
+        work = _start_attempt(saga, *planned)
+    else:
+        _release(saga, wake_in=_recover_after())
+        _enqueue_advance(saga.pk)
+    saga.save()
+    return work
+
+
+def _run(turn: _Turn, work: _Work) -> _Work | None:
+    """Calls the function, then records its outcome — only while still holding the lease.
+    Returns the next step to run in this turn, if any (already committed as running)."""
     try:
         with transaction.atomic():
             result = work.fn(work.ctx)
             if result is not None and not isinstance(result, Mapping):
                 raise TypeError(f"step {work.ctx.step} returned {type(result).__name__}")
-            saga = _locked(work.saga_id, token)
+            saga = _locked(work.saga_id, turn.token)
             if saga is None:
                 raise _LeaseLost
-            row = SagaStep.objects.select_for_update().get(pk=work.row_id)
-            _record_success(saga, row, result)
-        return
+            # The row as this runner committed it: with the lease still ours (checked
+            # under the saga's row lock just now) nobody else has written it since.
+            after = _record_success(saga, work.row, result, turn)
+        turn.holding = after is not None
+        return after
     except _LeaseLost:
+        turn.holding = False
         logger.warning("saga #%s lost its lease in %s: rolled back", work.saga_id, work.ctx.step)
-        return
+        return None
     except Exception as exc:  # noqa: BLE001 - any error of a step is that step's failure
         failure = exc
+    turn.rows = None  # rolled back: what this runner holds in memory may not have committed
     with transaction.atomic():
-        saga = _locked(work.saga_id, token)
+        saga = _locked(work.saga_id, turn.token)
         if saga is None:
+            turn.holding = False
             logger.warning("saga #%s lost its lease during %s", work.saga_id, work.ctx.step)
-            return
-        row = SagaStep.objects.select_for_update().get(pk=work.row_id)
-        _record_failure(saga, row, work, failure)
+            return None
+        row = SagaStep.objects.select_for_update().get(pk=work.row.pk)
+        after = _record_failure(saga, row, work, failure, turn)
+    turn.holding = after is not None
+    return after
 
 
-def _record_success(saga: Saga, row: SagaStep, result: Mapping[str, Any] | None) -> None:
+def _record_success(
+    saga: Saga, row: SagaStep, result: Mapping[str, Any] | None, turn: _Turn
+) -> _Work | None:
     STEP_MACHINE.move(
         row, StepStatus.SUCCEEDED, fields={"finished_at": timezone.now(), "error": ""}
     )
     _trace_step(saga, row)
     if result:
         saga.context = {**saga.context, **result}
-    _release(saga, wake_in=_recover_after())
-    saga.save()
-    _enqueue_advance(saga.pk)
+    return _continue(saga, turn)
 
 
-def _record_failure(saga: Saga, row: SagaStep, work: _Work, exc: Exception) -> None:
+def _record_failure(
+    saga: Saga, row: SagaStep, work: _Work, exc: Exception, turn: _Turn
+) -> _Work | None:
     error = f"{type(exc).__name__}: {exc}"[:2000]
     permanent = not is_transient(exc)
     if not permanent and row.attempts < work.step.attempts_allowed(work.direction):
         STEP_MACHINE.move(row, StepStatus.RETRYING, fields={"error": error})
         _trace_step(saga, row, error=error)
+        if saga.cancel_requested and work.direction == StepDirection.FORWARD:
+            # Cancelled meanwhile: no point waiting to retry what will be compensated.
+            return _continue(saga, turn)
         delay = _backoff(work.step, row.attempts)
         logger.info(
             "saga %s #%s %s attempt %s failed, retry in %.2fs: %s",
             saga.kind, saga.pk, row.name, row.attempts, delay, error,
         )  # fmt: skip
-        if saga.cancel_requested and work.direction == StepDirection.FORWARD:
-            # Cancelled meanwhile: no point waiting to retry what will be compensated.
-            _release(saga, wake_in=_recover_after())
-            _enqueue_advance(saga.pk)
-        elif delay <= _knob("SAGA_COUNTDOWN_MAX", 5.0):
+        if delay <= _knob("SAGA_COUNTDOWN_MAX", 5.0):
             # Short delays ride on the broker (far below its visibility timeout); wake_at
             # stays as the fallback should that message be lost.
             _release(saga, wake_in=delay + _recover_after())
@@ -631,16 +694,15 @@ def _record_failure(saga: Saga, row: SagaStep, work: _Work, exc: Exception) -> N
         else:
             _release(saga, wake_in=delay)  # the sweeper sends it when due
         saga.save()
-        return
+        return None
     suffix = "failed" if permanent else "retries_exhausted"
     reason = getattr(exc, "reason", None) or f"{row.name}_{suffix}"
     definition = saga_definition(saga.kind)
     if _fail_row(saga, row, definition, reason, error):
-        _release(saga, wake_in=_recover_after())
-        _enqueue_advance(saga.pk)
-    else:
-        _release(saga, wake_in=None)
+        return _continue(saga, turn)  # its compensations, in this turn while it lasts
+    _release(saga, wake_in=None)
     saga.save()
+    return None
 
 
 def _fail_row(
@@ -718,6 +780,10 @@ def _finish_compensation(saga: Saga) -> None:
 def _needs_attention(saga: Saga, error: str) -> None:
     saga.needs_attention, saga.error, saga.wake_at = True, error, None
     logger.error("saga %s #%s needs attention: %s", saga.kind, saga.pk, error)
+
+
+def _end_lease(saga: Saga) -> None:
+    saga.lease_token, saga.lease_until = "", None
 
 
 def _release(saga: Saga, *, wake_in: float | None) -> None:

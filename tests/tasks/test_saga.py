@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from tasks.context import reset_request_id, set_request_id
 from tasks.errors import IllegalTransition
+from tasks.models import OutboxMessage
 from tasks.models.saga import Saga, SagaStatus, SagaStep, StepStatus
 from tasks.saga import (
     SAGA_MACHINE,
@@ -570,3 +571,133 @@ def test_worker_killed_mid_step_rolls_the_attempt_back_and_the_step_runs_again(
     saga = _wait_status(saga, S.COMPLETED)
     assert _rows(saga)[1] == ("forward", "charge", "succeeded", 2)
     assert _effects(saga) == FULL_EFFECTS
+
+
+# --- turns: several steps per turn --------------------------------------------------------
+
+
+def _advances_enqueued(saga: Saga) -> int:
+    """How many `tasks.saga_advance` messages the saga's turns asked for (outbox rows)."""
+    return OutboxMessage.objects.filter(task_name="tasks.saga_advance", args=[saga.pk]).count()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_turn_runs_every_step_while_they_succeed() -> None:
+    saga = _start(publish=False)
+
+    assert saga_advance(saga_id=saga.pk, budget=60) is True
+
+    saga = Saga.objects.get(pk=saga.pk)
+    assert saga.status == S.COMPLETED
+    assert _rows(saga) == [("forward", name, "succeeded", 1) for name in FORWARD_STEPS]
+    assert _effects(saga) == FULL_EFFECTS
+    assert saga.context["confirm_attempts"] == 1  # each step's result merged as before
+    assert _advances_enqueued(saga) == 0  # no message between steps
+    _assert_finished_cleanly(saga)
+    assert saga_advance(saga_id=saga.pk) is False  # finished: nothing to take
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failure_compensates_in_the_same_turn() -> None:
+    saga = _start(publish=False, fail_at="confirm")
+
+    assert saga_advance(saga_id=saga.pk, budget=60) is True
+
+    saga = Saga.objects.get(pk=saga.pk)
+    assert saga.status == S.FAILED
+    assert saga.failure_reason == "confirm_refused"
+    assert _effects(saga) == UNDONE_EFFECTS
+    assert _advances_enqueued(saga) == 0
+    _assert_finished_cleanly(saga)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_spent_budget_hands_the_saga_to_a_new_turn() -> None:
+    saga = _start(publish=False)
+
+    # Budget 0: the first step of a turn always runs, no second one starts.
+    assert saga_advance(saga_id=saga.pk, budget=0) is True
+    saga = Saga.objects.get(pk=saga.pk)
+    assert saga.status == S.RUNNING
+    assert [row[2:] for row in _rows(saga)] == [("succeeded", 1), ("pending", 0), ("pending", 0)]
+    assert (saga.lease_token, saga.lease_until) == ("", None)  # released for the next turn
+    assert saga.wake_at is not None  # the sweeper's fallback should that message be lost
+    assert _advances_enqueued(saga) == 1
+
+    assert saga_advance(saga_id=saga.pk, budget=0) is True
+    assert _advances_enqueued(saga) == 2
+    # The last step's turn also finishes the saga: no empty turn after it.
+    assert saga_advance(saga_id=saga.pk, budget=0) is True
+    saga = Saga.objects.get(pk=saga.pk)
+    assert saga.status == S.COMPLETED
+    assert _advances_enqueued(saga) == 2
+    assert _effects(saga) == FULL_EFFECTS
+    _assert_finished_cleanly(saga)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_ends_the_turn_and_waits_for_its_backoff() -> None:
+    saga = _start(publish=False, transient={"charge": 1})
+
+    assert saga_advance(saga_id=saga.pk, budget=60) is True
+    saga = Saga.objects.get(pk=saga.pk)
+    assert saga.status == S.RUNNING
+    assert [row[2:] for row in _rows(saga)] == [("succeeded", 1), ("retrying", 1), ("pending", 0)]
+    assert saga.lease_token == ""  # the retry is a new turn, after its backoff
+
+    assert saga_advance(saga_id=saga.pk, budget=60) is True
+    saga = Saga.objects.get(pk=saga.pk)
+    assert saga.status == S.COMPLETED
+    assert [row[3] for row in _rows(saga)] == [1, 2, 1]
+    assert _effects(saga) == FULL_EFFECTS
+
+
+@pytest.mark.live
+def test_cancel_during_a_multi_step_turn_stops_it_after_the_running_step(
+    live_worker: LiveProcess,
+) -> None:
+    switch = _switch()
+    saga = _start(hold={"charge": switch})
+    _wait_row(saga, "charge", T.RUNNING)
+    assert _advances_enqueued(saga) == 1  # reserve and charge in the first message's turn
+
+    assert saga_cancel(saga_id=saga.pk, reason="customer_cancelled").status == S.RUNNING
+    _flip(switch)
+
+    # charge succeeds, then the same runner sees the flag instead of starting confirm.
+    saga = _wait_status(saga, S.CANCELLED)
+    assert _effects(saga) == UNDONE_EFFECTS
+    assert _rows(saga)[2] == ("forward", "confirm", "skipped", 0)
+    _assert_finished_cleanly(saga)
+
+
+@pytest.mark.live
+def test_worker_killed_mid_turn_resumes_at_the_step_it_was_running(
+    live_worker: LiveProcess,
+) -> None:
+    switch = _switch()
+    saga = _start(hold={"charge": switch})
+    _wait_row(saga, "charge", T.RUNNING)
+    # One turn got here: reserve's success and charge's start were committed together.
+    assert _advances_enqueued(saga) == 1
+    assert _rows(saga)[:2] == [
+        ("forward", "reserve", "succeeded", 1),
+        ("forward", "charge", "running", 1),
+    ]
+    live_worker.kill()  # SIGKILL in the middle of the turn, charge's transaction open
+    live_worker.start()
+    assert _effects(saga) == [("reserve", "forward")]
+
+    past = timezone.now() - timedelta(seconds=1)
+    Saga.objects.filter(pk=saga.pk).update(lease_until=past, wake_at=past)
+    _flip(switch)
+    assert sagas_wake_due() == 1
+    saga = _wait_status(saga, S.COMPLETED)
+    # reserve is not run again; charge's lost attempt counts; confirm ran once.
+    assert _rows(saga) == [
+        ("forward", "reserve", "succeeded", 1),
+        ("forward", "charge", "succeeded", 2),
+        ("forward", "confirm", "succeeded", 1),
+    ]
+    assert _effects(saga) == FULL_EFFECTS
+    assert _ledger(saga).reserved == 1
