@@ -278,24 +278,23 @@ def saga_start(
     """
     definition = saga_definition(kind)
     now = timezone.now()
-    with transaction.atomic():
-        if ref:
-            existing = Saga.objects.filter(kind=kind, ref=ref).first()
-            if existing is not None:
-                return existing
-        try:
-            with transaction.atomic():
-                saga = Saga.objects.create(
-                    kind=kind,
-                    ref=ref,
-                    context=dict(context or {}),
-                    request_id=get_request_id() or "",
-                    wake_at=now + timedelta(seconds=_recover_after() if publish else 0),
-                )
-        except IntegrityError:
-            if not ref:
-                raise
-            return Saga.objects.get(kind=kind, ref=ref)
+    # No savepoint of its own: an error here is the caller's transaction's error.
+    with transaction.atomic(savepoint=False):
+        fields = {
+            "kind": kind,
+            "ref": ref,
+            "context": dict(context or {}),
+            "request_id": get_request_id() or "",
+            "wake_at": now + timedelta(seconds=_recover_after() if publish else 0),
+        }
+        if not ref:
+            saga = Saga.objects.create(**fields)
+        else:
+            try:
+                with transaction.atomic():  # a savepoint: the ref may be taken
+                    saga = Saga.objects.create(**fields)
+            except IntegrityError:
+                return Saga.objects.get(kind=kind, ref=ref)
         SagaStep.objects.bulk_create(
             SagaStep(saga=saga, index=i, name=step.name, direction=StepDirection.FORWARD)
             for i, step in enumerate(definition.steps)

@@ -11,9 +11,11 @@ retries on timeouts run out); a step may also fail with `out_of_stock` or
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from django.db.models import F
+from django.utils import timezone
 
 from apps.coupons import services as coupon_services
 from tasks.models import Saga
@@ -21,7 +23,7 @@ from tasks.saga import Step, StepContext, StepFailed, define_saga
 
 from . import payments
 from .errors import FailureReason
-from .models import Order, OrderStatus, Product
+from .models import Order, OrderItem, OrderStatus, Product
 
 KIND = "orders.checkout"
 
@@ -31,18 +33,39 @@ def _order(ctx: StepContext, *, lock: bool = True) -> Order:
     return orders.get(pk=ctx.context["order_id"])
 
 
-def _locked_products(order: Order) -> tuple[list[Any], dict[int, Product]]:
-    """Items and their products, locked in product-id order: two orders that share
-    products always lock them in the same order, so they can never deadlock."""
-    items = list(order.items.order_by("product_id"))
-    products = Product.objects.select_for_update().filter(pk__in=[i.product_id for i in items])
-    return items, {p.pk: p for p in products.order_by("pk")}
+def _items(ctx: StepContext) -> list[tuple[int, int]]:
+    """(product id, quantity) of the order, in product-id order: steps that touch several
+    products lock them in that order, so two orders that share products never deadlock.
+    From the saga's context (written when the order was placed; items never change), or
+    from the database for a saga started before the context carried them."""
+    items = ctx.context.get("items")
+    if items is None:
+        items = OrderItem.objects.filter(order_id=ctx.context["order_id"]).values_list(
+            "product_id", "quantity"
+        )
+    return sorted((int(product_id), int(quantity)) for product_id, quantity in items)
+
+
+def _coupon_id(ctx: StepContext) -> int | None:
+    if "coupon_id" in ctx.context:
+        return ctx.context["coupon_id"]
+    return _order(ctx, lock=False).coupon_id
+
+
+def _move_order(ctx: StepContext, *, held: bool | None = None, **changes: Any) -> bool:
+    """One UPDATE of the order (taking its row lock), when `held` is given only while its
+    `stock_held` is that: True if it changed. The guard makes a repeated step a no-op."""
+    orders = Order.objects.filter(pk=ctx.context["order_id"])
+    if held is not None:
+        orders = orders.filter(stock_held=held)
+    return bool(orders.update(updated_at=timezone.now(), **changes))
 
 
 def use_coupon(ctx: StepContext) -> None:
-    order = _order(ctx)
-    if order.coupon_id is None:
+    if _coupon_id(ctx) is None:
         return
+    order = _order(ctx)
+    assert order.coupon_id is not None
     if not coupon_services.coupon_use(
         coupon_id=order.coupon_id, user_id=order.user_id, used_by=order.saga_ref
     ):
@@ -50,41 +73,35 @@ def use_coupon(ctx: StepContext) -> None:
 
 
 def return_coupon(ctx: StepContext) -> None:
+    if _coupon_id(ctx) is None:
+        return
     order = _order(ctx)
     if order.coupon_id is not None:
         coupon_services.coupon_return(coupon_id=order.coupon_id, used_by=order.saga_ref)
 
 
 def reserve_stock(ctx: StepContext) -> None:
-    """All items or none: the availability check and the reservation happen under the
-    products' row locks."""
-    order = _order(ctx)
-    if order.stock_held:
-        return
-    items, products = _locked_products(order)
-    short = [i.product_id for i in items if products[i.product_id].stock_available < i.quantity]
+    """All items or none: each product's availability check and reservation are one
+    conditional UPDATE under its row lock, and a short item fails the step, which rolls
+    back the items reserved before it."""
+    if not _move_order(ctx, held=False, stock_held=True, status=OrderStatus.RESERVED):
+        return  # already reserved
+    short = []
+    for product_id, quantity in _items(ctx):
+        reserved = Product.objects.filter(
+            pk=product_id, stock_on_hand__gte=F("stock_reserved") + quantity
+        ).update(stock_reserved=F("stock_reserved") + quantity)
+        if not reserved:
+            short.append(product_id)
     if short:
         raise StepFailed(FailureReason.OUT_OF_STOCK, f"not enough stock of {short}")
-    for item in items:
-        Product.objects.filter(pk=item.product_id).update(
-            stock_reserved=F("stock_reserved") + item.quantity
-        )
-    order.stock_held = True
-    order.status = OrderStatus.RESERVED
-    order.save(update_fields=["stock_held", "status", "updated_at"])
 
 
 def release_stock(ctx: StepContext) -> None:
-    order = _order(ctx)
-    if not order.stock_held:
-        return
-    items, _ = _locked_products(order)
-    for item in items:
-        Product.objects.filter(pk=item.product_id).update(
-            stock_reserved=F("stock_reserved") - item.quantity
-        )
-    order.stock_held = False
-    order.save(update_fields=["stock_held", "updated_at"])
+    if not _move_order(ctx, held=True, stock_held=False):
+        return  # nothing held
+    for product_id, quantity in _items(ctx):
+        Product.objects.filter(pk=product_id).update(stock_reserved=F("stock_reserved") - quantity)
 
 
 def authorize_payment(ctx: StepContext) -> dict[str, Any]:
@@ -109,30 +126,25 @@ def void_authorization(ctx: StepContext) -> None:
 
 def capture_payment(ctx: StepContext) -> None:
     """The point of no return: once captured, the reserved stock is consumed."""
-    order = _order(ctx, lock=False)
     if ctx.context.get("authorization_id"):
+        total = ctx.context.get("total")
         payments.capture(
             authorization_id=ctx.context["authorization_id"],
-            amount=order.total,
+            amount=Decimal(total) if total is not None else _order(ctx, lock=False).total,
             idempotency_key=ctx.idempotency_key,
         )
-    order = _order(ctx)
-    if order.stock_held:
-        items, _ = _locked_products(order)
-        for item in items:
-            Product.objects.filter(pk=item.product_id).update(
-                stock_on_hand=F("stock_on_hand") - item.quantity,
-                stock_reserved=F("stock_reserved") - item.quantity,
+    if _move_order(ctx, held=True, stock_held=False, status=OrderStatus.PAID):
+        for product_id, quantity in _items(ctx):
+            Product.objects.filter(pk=product_id).update(
+                stock_on_hand=F("stock_on_hand") - quantity,
+                stock_reserved=F("stock_reserved") - quantity,
             )
-        order.stock_held = False
-    order.status = OrderStatus.PAID
-    order.save(update_fields=["stock_held", "status", "updated_at"])
+    else:
+        _move_order(ctx, status=OrderStatus.PAID)
 
 
 def confirm(ctx: StepContext) -> None:
-    order = _order(ctx)
-    order.status = OrderStatus.CONFIRMED
-    order.save(update_fields=["status", "updated_at"])
+    _move_order(ctx, status=OrderStatus.CONFIRMED)
     # The confirmation email goes through the emails app's service once that app exists.
 
 

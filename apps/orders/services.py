@@ -78,7 +78,14 @@ def order_place(
             )
             for line in lines
         )
-        saga_start(kind=KIND, ref=order.saga_ref, context={"order_id": order.pk})
+        # What the steps need and never changes, so they need not read it again.
+        context = {
+            "order_id": order.pk,
+            "coupon_id": coupon_id,
+            "total": str(total),
+            "items": sorted([line.product_id, line.quantity] for line in lines),
+        }
+        saga_start(kind=KIND, ref=order.saga_ref, context=context)
     return order
 
 
