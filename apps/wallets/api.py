@@ -132,11 +132,16 @@ class WalletTransactionListCreateView(ListAPIView):
     )
     @idempotent
     def post(self, request: Request, wallet_id: int) -> Response:
-        wallet = selectors.wallet_get_for_user(wallet_id=wallet_id, user_id=caller_id(request))
+        user_id = caller_id(request)
         data = TransactionIn(data=request.data)
-        data.is_valid(raise_exception=True)
+        if not data.is_valid():
+            # Another user's wallet is a 404 whatever the body says.
+            selectors.wallet_get_for_user(wallet_id=wallet_id, user_id=user_id)
+            raise serializers.ValidationError(data.errors)
+        # The ownership check happens inside the accepting transaction (one query less).
         accepted = services.transaction_accept(
-            wallet_id=wallet.pk,
+            wallet_id=wallet_id,
+            owner_id=user_id,
             kind=data.validated_data["kind"],
             amount=data.validated_data["amount"],
         )

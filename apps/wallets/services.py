@@ -120,13 +120,17 @@ def wallet_create(*, owner_id: int) -> Wallet:
     return Wallet.objects.create(owner_id=owner_id)
 
 
-def transaction_accept(*, wallet_id: int, kind: str, amount: Decimal) -> WalletTransaction:
+def transaction_accept(
+    *, wallet_id: int, kind: str, amount: Decimal, owner_id: int | None = None
+) -> WalletTransaction:
     """Accept one deposit or withdrawal: durable, with the wallet's next `seq`, pending.
 
     Invariants: the seq is assigned in this transaction (gapless, in acceptance order, see
     `tasks.ordering.assign_seq`), and the row commits together with the outbox entry of
-    its applier, so an accepted transaction is always applied eventually. The caller has
-    authorised `wallet_id` (`selectors.wallet_get_for_user`).
+    its applier, so an accepted transaction is always applied eventually. With `owner_id`,
+    a wallet of another owner is a 404 found under the wallet's row lock (the transaction
+    rolls back, its seq with it), which spares the request a separate ownership query;
+    without it, the caller has authorised `wallet_id` (`selectors.wallet_get_for_user`).
     """
     problem = amount_problem(amount)
     if problem or kind not in WalletTransaction.Kind.values:
@@ -141,8 +145,16 @@ def transaction_accept(*, wallet_id: int, kind: str, amount: Decimal) -> WalletT
                 apply_task=None,
                 fields={"kind": kind, "amount": amount, "request_id": get_request_id() or ""},
             )
+            # Read under the row lock `assign_seq` took: see `_applier_enqueue`.
+            wallet_owner_id, last_applied_seq = (
+                Wallet.objects.filter(pk=wallet_id)
+                .values_list("owner_id", "last_applied_seq")
+                .get()
+            )
+            if owner_id is not None and wallet_owner_id != owner_id:
+                raise Wallet.DoesNotExist  # rolls back the seq and the command
             if mode == ApplyMode.ORDERED:
-                _applier_enqueue(wallet_id=wallet_id)
+                _applier_enqueue(wallet_id=wallet_id, last_applied_seq=last_applied_seq)
             else:
                 outbox_enqueue(APPLY_NAIVE_TASK, args=[accepted.pk])
     except Wallet.DoesNotExist:
@@ -150,28 +162,25 @@ def transaction_accept(*, wallet_id: int, kind: str, amount: Decimal) -> WalletT
     return accepted
 
 
-def _applier_enqueue(*, wallet_id: int) -> None:
+def _applier_enqueue(*, wallet_id: int, last_applied_seq: int) -> None:
     """Have an applier run for `wallet_id` after this transaction commits, unless one that
     will see this transaction's command is on its way already.
 
     Runs in the accepting transaction, after `assign_seq` (which holds the wallet's row
-    lock until commit). The outbox key names the wallet and its `last_applied_seq` N as
-    read under that lock. If an accept that committed earlier enqueued the same key, no
-    applier has decided anything since: any run after that commit finds that command's
-    seq and every one before it committed, so it decides at least one and moves N. That
-    applier has yet to take the lock, then: it runs after this commit and sees this
-    command too. Under load, accepts that arrive while the wallet's applier is behind
-    share one message instead of one each; when the applier keeps up, N moves between
-    accepts and each gets its own.
+    lock until commit), with the wallet's `last_applied_seq` N as read under that lock.
+    The outbox key names the wallet and N. If an accept that committed earlier enqueued
+    the same key, no applier has decided anything since: any run after that commit finds
+    that command's seq and every one before it committed, so it decides at least one and
+    moves N. That applier has yet to take the lock, then: it runs after this commit and
+    sees this command too. Under load, accepts that arrive while the wallet's applier is
+    behind share one message instead of one each; when the applier keeps up, N moves
+    between accepts and each gets its own.
 
     The key also names a short time window, so a shared message that went wrong (its worker
     died and the broker holds it until the visibility timeout, or it ended as a dead letter
     after an outage and N stays put) holds back only the accepts of its own window: the
     next window's accepts enqueue afresh.
     """
-    last_applied_seq = (
-        Wallet.objects.filter(pk=wallet_id).values_list("last_applied_seq", flat=True).get()
-    )
     window = int(time.time() // APPLY_COALESCE_WINDOW_S)
     outbox_enqueue(
         APPLY_TASK,

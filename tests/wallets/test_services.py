@@ -139,6 +139,30 @@ def test_the_service_rechecks_its_input(wallet: Wallet) -> None:
     assert (missing.value.code, missing.value.status) == ("not_found", 404)
 
 
+def test_accepting_for_another_owner_is_a_404_that_leaves_no_trace(
+    wallet: Wallet, django_user_model: Any
+) -> None:
+    from apps.core.errors import SurgeError
+    from tasks.models import OutboxMessage
+
+    bob = django_user_model.objects.create_user("bob")
+    outbox_before = OutboxMessage.objects.count()
+    with pytest.raises(SurgeError) as refused:
+        services.transaction_accept(
+            wallet_id=wallet.pk, owner_id=bob.pk, kind=DEPOSIT, amount=Decimal(1)
+        )
+    assert (refused.value.code, refused.value.status) == ("not_found", 404)
+    # The seq taken under the lock went back with the transaction: no gap, no command.
+    assert Wallet.objects.get(pk=wallet.pk).last_seq == 0
+    assert not WalletTransaction.objects.filter(wallet=wallet).exists()
+    assert OutboxMessage.objects.count() == outbox_before
+
+    accepted = services.transaction_accept(
+        wallet_id=wallet.pk, owner_id=wallet.owner_id, kind=DEPOSIT, amount=Decimal(1)
+    )
+    assert accepted.seq == 1
+
+
 def test_apply_mode_is_ordered_unless_set_and_refuses_nonsense() -> None:
     assert services.apply_mode() == services.ApplyMode.ORDERED
     with override_settings(WALLETS_APPLY_MODE="naive"):
