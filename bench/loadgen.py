@@ -3,11 +3,17 @@
 Two engines behind one call, :func:`run_load`:
 
 * ``wrk`` (when installed and the request set fits): a generated Lua script rotates
-  bodies / header sets and its ``done`` hook prints one JSON line with exact status
-  counts, percentiles and socket errors, so nothing is scraped from wrk's text output.
+  bodies / header sets (or whole pre-rendered requests, see :class:`Request`) and its
+  ``done`` hook prints one JSON line with exact status counts, percentiles and socket
+  errors, so nothing is scraped from wrk's text output.  With ``rate`` and
+  ``prefer="wrk"`` its ``delay()`` hook paces the requests to approximate an offered rate.
 * a built-in asyncio generator (raw ``asyncio.open_connection``, HTTP/1.1 keep-alive,
-  Content-Length and chunked bodies, uvloop when importable).  It is the only engine
-  that supports a fixed request ``rate`` (open loop, free of coordinated omission).
+  Content-Length and chunked bodies, uvloop when importable).  Its ``rate`` is a true
+  open loop (latency from the scheduled start, free of coordinated omission), but one
+  Python process is also the costlier generator on a box it shares with the server.
+
+Many URLs of one server, each with its own method, headers and body: pass ``requests``
+(a list of :class:`Request`); both engines rotate over them.
 
 Only ever point this at 127.0.0.1 / localhost servers that the bench started itself.
 """
@@ -30,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["LoadResult", "format_table", "main", "run_load"]
+__all__ = ["LoadResult", "Request", "format_table", "main", "run_load"]
 
 REQUEST_TIMEOUT_S = 5.0
 WRK_THREADS = 2  # the bench machine has 2 cores
@@ -68,11 +74,27 @@ class LoadResult:
     # Target rate (requests/s) for open-loop runs, None for closed loop.
     rate: float | None = None
     # Open loop only: requests scheduled in the window that never started before the
-    # deadline because all `concurrency` slots were busy (a sign of overload).
+    # deadline because all `concurrency` slots were busy (a sign of overload).  Paced wrk:
+    # slots of rate x duration that were never sent.
     dropped: int = 0
+    # Paced wrk only: requests sent more than 10 ms after their slot (no free connection).
+    late: int = 0
 
 
 # --------------------------------------------------------------------------- request set
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request of a ``requests`` rotation: a path (with query) on the run's server.
+
+    Its ``headers`` are merged over the run's ``headers``.
+    """
+
+    path: str
+    method: str = "GET"
+    headers: dict[str, str] | None = None
+    body: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +108,8 @@ class _Target:
     method: str
     header_sets: list[dict[str, str]]  # already merged with the base headers
     bodies: list[bytes | None]
+    # `requests` mode: every request rendered in full (head and body), rotated in order.
+    rendered: list[bytes] | None = None
 
 
 def _build_target(
@@ -95,6 +119,7 @@ def _build_target(
     body: bytes | None,
     bodies: list[bytes] | None,
     header_sets: list[dict[str, str]] | None,
+    requests: list[Request] | None = None,
 ) -> _Target:
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
@@ -107,6 +132,9 @@ def _build_target(
     if parts.query:
         path += "?" + parts.query
     base = dict(headers or {})
+    if requests is not None:
+        extra = (method, body, bodies, header_sets)
+        return _requests_target(parts.hostname, port, host_header, base, requests, *extra)
     merged = [{**base, **hs} for hs in header_sets] if header_sets else [base]
     for hs in merged:
         _check_headers(hs)
@@ -118,6 +146,46 @@ def _build_target(
         method=method.upper(),
         header_sets=merged,
         bodies=list(bodies) if bodies else [body],
+    )
+
+
+def _requests_target(
+    host: str,
+    port: int,
+    host_header: str,
+    base: dict[str, str],
+    requests: list[Request],
+    method: str,
+    body: bytes | None,
+    bodies: list[bytes] | None,
+    header_sets: list[dict[str, str]] | None,
+) -> _Target:
+    if not requests:
+        raise ValueError("requests must not be empty")
+    if body is not None or bodies or header_sets or method.upper() != "GET":
+        raise ValueError("with requests, give method/body/bodies/header_sets per Request")
+    rendered = []
+    for req in requests:
+        if not req.path.startswith("/"):
+            raise ValueError(f"a Request path starts with '/': {req.path!r}")
+        if req.method.upper() == "HEAD":
+            raise ValueError("HEAD is not supported in requests")  # see _wrk_limitation
+        if any(c in req.path + req.method for c in " \r\n"):
+            raise ValueError(f"invalid method or path: {req.method!r} {req.path!r}")
+        hs = {**base, **(req.headers or {})}
+        _check_headers(hs)
+        one = _Target(host, port, host_header, req.path, req.method.upper(), [hs], [req.body])
+        heads, tails = _render_requests(one)
+        rendered.append(heads[0] + tails[0])
+    return _Target(
+        host=host,
+        port=port,
+        host_header=host_header,
+        path=requests[0].path,
+        method=requests[0].method.upper(),
+        header_sets=[base],
+        bodies=[None],
+        rendered=rendered,
     )
 
 
@@ -286,6 +354,8 @@ class _Run:
     def take_request(self) -> bytes:
         i = self.next_index
         self.next_index += 1
+        if self.target.rendered is not None:
+            return self.target.rendered[i % len(self.target.rendered)]
         return self.heads[i % len(self.heads)] + self.tails[i % len(self.tails)]
 
     async def next_start(self) -> float | None:
@@ -502,17 +572,20 @@ function setup(thread)
 end
 
 statuses = {}
+late = 0
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
 end
 
 function done(summary, latency, requests)
   local counts = {}
+  local late_total = 0
   for _, t in ipairs(threads) do
     local s = t:get("statuses")
     if s then
       for code, n in pairs(s) do counts[code] = (counts[code] or 0) + n end
     end
+    late_total = late_total + (t:get("late") or 0)
   end
   local parts = {}
   for code, n in pairs(counts) do
@@ -522,10 +595,10 @@ function done(summary, latency, requests)
   io.write(string.format(
     'LOADGEN_JSON {"requests": %d, "duration_us": %d, "connect": %d, "read": %d, ' ..
     '"write": %d, "timeout": %d, "p50_us": %.0f, "p90_us": %.0f, "p99_us": %.0f, ' ..
-    '"max_us": %.0f, "status": {%s}}\\n',
+    '"max_us": %.0f, "late": %d, "status": {%s}}\\n',
     summary.requests, summary.duration, e.connect, e.read, e.write, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency.max, table.concat(parts, ", ")))
+    latency.max, late_total, table.concat(parts, ", ")))
 end
 """
 
@@ -548,18 +621,73 @@ end
 """
 
 
-def _wrk_script(target: _Target, threads: int) -> str:
-    """Lua script: stats hooks plus either a static request or a rotating one."""
-    lines = ["-- generated by bench/loadgen.py"]
+_LUA_RENDERED = """
+local ri = 0
+function init(args)
+  -- Each thread walks the whole list from its own offset (see _LUA_ROTATE).
+  ri = (tid or 0) * math.floor(#REQUESTS / NTHREADS)
+end
+function request()
+  local r = REQUESTS[(ri % #REQUESTS) + 1]
+  ri = ri + 1
+  return r
+end
+"""
+
+# wrk calls delay() before every request of a connection (also the first one after each
+# (re)connect) and waits that many whole milliseconds.  Each call claims the thread's next
+# slot of a fixed schedule; a slot whose time has passed (no connection was free) is sent
+# at once and counted late, so a server that cannot keep up shows as late/dropped slots,
+# not as silently lower pacing.  wrk's latency clock starts after the delay.
+_LUA_PACE = """
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } loadgen_timespec;
+int clock_gettime(int clk_id, loadgen_timespec *tp);
+]]
+local ts = ffi.new("loadgen_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts)  -- CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+local t0 = nil
+local slot = 0
+function delay()
+  local now = now_ms()
+  if t0 == nil then
+    -- The threads' schedules interleave instead of firing together.
+    t0 = now + (tid or 0) * INTERVAL_MS / NTHREADS
+  end
+  local due = t0 + slot * INTERVAL_MS
+  slot = slot + 1
+  if due <= now then
+    if now - due > 10 then late = late + 1 end
+    return 0
+  end
+  return math.floor(due - now + 0.5)
+end
+"""
+
+
+def _wrk_script(target: _Target, threads: int, rate: float | None = None) -> str:
+    """Lua script: stats hooks plus a static, a rotating or a pre-rendered request set,
+    and with `rate` a `delay()` hook that paces each thread at rate / threads."""
+    lines = ["-- generated by bench/loadgen.py", f"local NTHREADS = {threads}"]
     rotating = len(target.header_sets) > 1 or len(target.bodies) > 1
-    if rotating:
+    if rate is not None:
+        lines += [f"local INTERVAL_MS = {threads * 1000.0 / rate!r}", _LUA_PACE]
+    if target.rendered is not None:
+        lines += [
+            _lua_array("REQUESTS", [_lua_str(r) for r in target.rendered]),
+            _LUA_RENDERED,
+        ]
+    elif rotating:
         header_sets = [_lua_headers(h, target.host_header) for h in target.header_sets]
         # `false` stands for "no body": Lua tables cannot hold nil.
         bodies = ["false" if b is None else _lua_str(b) for b in target.bodies]
         lines += [
             f"local METHOD = {_lua_str(target.method)}",
             f"local PATH = {_lua_str(target.path)}",
-            f"local NTHREADS = {threads}",
             _lua_array("HEADER_SETS", header_sets),
             _lua_array("BODIES", bodies),
             _LUA_ROTATE,
@@ -604,7 +732,13 @@ def _run_wrk_process(cmd: list[str], seconds: int) -> dict[str, Any]:
 
 
 def _run_wrk(
-    name: str, url: str, target: _Target, concurrency: int, duration_s: float, warmup_s: float
+    name: str,
+    url: str,
+    target: _Target,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    rate: float | None = None,
 ) -> LoadResult:
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not on PATH (apt-get install wrk)")
@@ -613,22 +747,29 @@ def _run_wrk(
     with tempfile.TemporaryDirectory(prefix="loadgen-") as tmp:
         script = os.path.join(tmp, "loadgen.lua")
         with open(script, "w", encoding="latin-1") as fh:
-            fh.write(_wrk_script(target, threads))
+            fh.write(_wrk_script(target, threads, rate))
         if warmup_s > 0:
             # wrk has no warmup option: a separate short run warms the server instead.
             warm = max(1, round(warmup_s))
             _run_wrk_process(_wrk_cmd(url, script, threads, conns, warm), warm)
         seconds = max(1, round(duration_s))  # wrk only takes whole seconds
         data = _run_wrk_process(_wrk_cmd(url, script, threads, conns, seconds), seconds)
-    return _wrk_result(name, data, conns)
+    return _wrk_result(name, data, conns, rate)
 
 
-def _wrk_result(name: str, data: dict[str, Any], conns: int) -> LoadResult:
+def _wrk_result(
+    name: str, data: dict[str, Any], conns: int, rate: float | None = None
+) -> LoadResult:
     status_counts = {
         int(k): int(v) for k, v in sorted(data["status"].items(), key=lambda kv: int(kv[0]))
     }
     socket_errors = {k: int(data[k]) for k in _SOCKET_ERROR_KINDS}
     duration = data["duration_us"] / 1e6
+    dropped = 0
+    if rate is not None:
+        # Slots of the schedule never sent (wrk counts responses; socket errors were sent).
+        sent = int(data["requests"]) + sum(socket_errors.values())
+        dropped = max(0, round(rate * duration) - sent)
     return LoadResult(
         name=name,
         requests=int(data["requests"]),
@@ -644,6 +785,9 @@ def _wrk_result(name: str, data: dict[str, Any], conns: int) -> LoadResult:
         tool="wrk",
         concurrency=conns,
         socket_errors=socket_errors,
+        rate=rate,
+        dropped=dropped,
+        late=int(data.get("late", 0)),
     )
 
 
@@ -651,16 +795,18 @@ def _wrk_result(name: str, data: dict[str, Any], conns: int) -> LoadResult:
 
 
 def _wrk_limitation(target: _Target, rate: float | None) -> str | None:
-    """Why wrk cannot run this request set, or None when it can.
+    """Why wrk cannot run this request set (in "auto"), or None when it can.
 
-    Fixed or rotating methods/headers/bodies are all expressible in the generated Lua
-    script; what is not: a fixed rate (wrk is closed loop only) and HEAD, whose
-    Content-Length wrk's parser waits on for a body that never comes (it hangs).
+    Fixed or rotating methods/headers/bodies and whole pre-rendered requests are all
+    expressible in the generated Lua script; what is not: HEAD, whose Content-Length wrk's
+    parser waits on for a body that never comes (it hangs). A fixed rate is only an
+    approximation in wrk (paced connections, latency from the send), so "auto" keeps the
+    asyncio open loop for it and paced wrk has to be asked for (`prefer="wrk"`).
     """
-    if rate is not None:
-        return "wrk cannot hold a fixed rate"
     if target.method == "HEAD":
         return "wrk waits for a body after HEAD responses"
+    if rate is not None:
+        return "wrk only approximates a fixed rate"
     return None
 
 
@@ -668,7 +814,7 @@ def _choose_tool(prefer: str, target: _Target, rate: float | None) -> str:
     if prefer not in ("auto", "wrk", "asyncio"):
         raise ValueError(f"prefer must be auto, wrk or asyncio, not {prefer!r}")
     limitation = _wrk_limitation(target, rate)
-    if prefer == "wrk" and limitation:
+    if prefer == "wrk" and limitation and rate is None:  # only pacing is wrk's to approximate
         raise ValueError(f"{limitation}; use prefer='asyncio' or 'auto'")
     if prefer == "auto":
         return "wrk" if limitation is None and shutil.which("wrk") else "asyncio"
@@ -684,6 +830,7 @@ def run_load(
     body: bytes | None = None,
     bodies: list[bytes] | None = None,
     header_sets: list[dict[str, str]] | None = None,
+    requests: list[Request] | None = None,
     concurrency: int = 64,
     duration_s: float = 10.0,
     warmup_s: float = 1.0,
@@ -693,13 +840,20 @@ def run_load(
     """Load ``url`` and return a :class:`LoadResult` (``rps`` = completed 2xx per second).
 
     Request i uses ``header_sets[i % len]`` merged over ``headers`` and
-    ``bodies[i % len]`` (or the fixed ``body``).  ``concurrency`` is the number of
+    ``bodies[i % len]`` (or the fixed ``body``).  With ``requests``, ``url`` names only
+    the server (its path is ignored) and request i is ``requests[i % len]`` (its own
+    path, method, headers over ``headers``, body); ``method``/``body``/``bodies``/
+    ``header_sets`` must then be left out.  ``concurrency`` is the number of
     connections (closed loop) or the cap on requests in flight (``rate`` set: open loop,
     requests start every 1/rate s and latency counts from the scheduled start).
+    ``rate`` with ``prefer="wrk"``: wrk's ``delay()`` hook hands each connection the
+    next slot of a rate / threads schedule per wrk thread; a slot without a free
+    connection is sent as soon as one frees (``late``), ``dropped`` counts slots never
+    sent, and latency counts from the send (not from the slot).
     ``warmup_s`` of traffic is sent first and excluded from the numbers.  Each request
     times out after 5 s, so the call returns within about warmup + duration + 5 s.
     ``prefer``: "auto" (wrk when installed, ``rate`` is None and the method is not
-    HEAD), "wrk" or "asyncio".
+    HEAD), "wrk" (also paced, with ``rate``) or "asyncio".
 
     Engine differences: wrk takes whole seconds (durations are rounded, minimum 1 s),
     runs warmup as a separate wrk process, starts its latency clock when the request is
@@ -713,10 +867,10 @@ def run_load(
         raise ValueError("need concurrency >= 1, duration_s > 0, warmup_s >= 0")
     if rate is not None and rate <= 0:
         raise ValueError("rate must be > 0")
-    target = _build_target(url, method, headers, body, bodies, header_sets)
+    target = _build_target(url, method, headers, body, bodies, header_sets, requests)
     tool = _choose_tool(prefer, target, rate)
     if tool == "wrk":
-        return _run_wrk(name, url, target, concurrency, duration_s, warmup_s)
+        return _run_wrk(name, url, target, concurrency, duration_s, warmup_s, rate)
     return _asyncio_main(_run_asyncio(name, target, concurrency, duration_s, warmup_s, rate))
 
 
@@ -766,7 +920,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-X", "--method", default="GET")
     parser.add_argument("-H", "--header", action="append", type=_parse_header_arg, default=[])
     parser.add_argument("--data", help="request body (sent as UTF-8)")
-    parser.add_argument("--rate", type=float, help="open-loop requests/s (asyncio only)")
+    parser.add_argument(
+        "--rate", type=float, help="offered requests/s (asyncio open loop; paced with --prefer wrk)"
+    )
     parser.add_argument("--prefer", choices=["auto", "asyncio", "wrk"], default="auto")
     parser.add_argument("--name", default="cli")
     args = parser.parse_args(argv)
@@ -788,6 +944,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if result.rate is not None:
         extra["dropped"] = [str(result.dropped)]
+        if result.tool == "wrk":
+            extra["late"] = [str(result.late)]
     print(format_table([result], extra))
     return 0
 
