@@ -53,7 +53,7 @@ import kombu.exceptions
 from celery import shared_task, signals, states
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import DateTimeField, F, Func, Max, Q
+from django.db.models import DateTimeField, Func, Max, Q
 from django.db.models.functions import Now
 
 from config.celery import app as celery_app
@@ -200,16 +200,23 @@ _BATCH_ATTR = "_surge_outbox_batch"
 class _Batch:
     """The rows one transaction enqueued; one `on_commit` hook publishes them together."""
 
-    __slots__ = ("hooks", "rows")
+    __slots__ = ("hooks", "rolled_back", "rows")
 
     def __init__(self) -> None:
         self.rows: list[OutboxMessage] = []
         self.hooks: list[Any] | None = None
+        # A savepoint was rolled back after rows were added: some may not exist.
+        self.rolled_back = False
 
     def __call__(self) -> None:
         if getattr(connection, _BATCH_ATTR, None) is self:
             setattr(connection, _BATCH_ATTR, None)
-        _relay(self.rows)
+        # Django takes each hook off the list it runs before calling it. Our entry still
+        # in the list we last saw means that list was replaced after our last row: a
+        # savepoint rolled back (or we are called by hand, as tests do). Then the relay
+        # asks the database which rows exist; otherwise every row committed.
+        replaced = self.hooks is None or any(entry[1] is self for entry in self.hooks)
+        _relay(self.rows, verify=self.rolled_back or replaced)
 
 
 def _transaction_batch() -> _Batch:
@@ -217,14 +224,16 @@ def _transaction_batch() -> _Batch:
 
     Django keeps the hooks of the open transaction in `connection.run_on_commit` and
     replaces that list on commit and on any rollback (of the transaction or of a
-    savepoint). While the list is the one we saw, our hook is in it; when it changed, we
-    look for the hook once, and start a new batch if a rollback dropped it.
+    savepoint). While the list is the one we saw, our hook is in it and no savepoint has
+    rolled back since; when it changed, we look for the hook once, and start a new batch
+    if a rollback dropped it, or note that some of the batch's rows may be gone.
     """
     batch: _Batch | None = getattr(connection, _BATCH_ATTR, None)
     hooks = connection.run_on_commit
     if batch is not None and hooks is not batch.hooks:
         if any(entry[1] is batch for entry in hooks):
             batch.hooks = hooks
+            batch.rolled_back = True
         else:
             batch = None
     if batch is None:
@@ -239,34 +248,34 @@ def _transaction_batch() -> _Batch:
 # of making every request wait on a broker that is down.
 _RELAY_PAUSE_S = 2.0
 _relay_paused_until = 0.0
-# One reconnect (a stale pooled connection after a broker restart), then give up: the
-# sweeper takes over within seconds.
-_RELAY_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.1}
+# Messages sent to Redis in one pipeline (one round trip) at most.
+_PIPELINE_MAX = 500
 
 
-def _relay(rows: list[OutboxMessage]) -> None:
+def _relay(rows: list[OutboxMessage], *, verify: bool = False) -> None:
     """Publishes committed rows not yet sent, then marks them sent. Never raises: a row
-    it could not publish stays unsent for the sweeper."""
+    it could not publish stays unsent for the sweeper. With `verify`, first asks which
+    of the rows exist (a savepoint that rolled back took some away)."""
     global _relay_paused_until
     if not rows or time.monotonic() < _relay_paused_until:
         return
     try:
-        # Rows written in a savepoint that rolled back are gone: publish only what exists.
-        unsent = set(
-            OutboxMessage.objects.filter(
-                pk__in=[row.pk for row in rows], sent_at__isnull=True
-            ).values_list("pk", flat=True)
-        )
-        pending = [row for row in rows if row.pk in unsent]
-        if not pending:
-            return
+        pending = rows
+        if verify:
+            unsent = set(
+                OutboxMessage.objects.filter(
+                    pk__in=[row.pk for row in rows], sent_at__isnull=True
+                ).values_list("pk", flat=True)
+            )
+            pending = [row for row in rows if row.pk in unsent]
+            if not pending:
+                return
         with celery_app.producer_or_acquire() as producer:
             epoch = _broker_epoch(producer)
-            published = _publish(producer, pending, retry_policy=_RELAY_RETRY_POLICY)
+            # One retry: a pooled connection gone stale (a broker restart) reconnects.
+            published = _publish(producer, pending, attempts=2)
         if published:
-            OutboxMessage.objects.filter(
-                pk__in=[row.pk for row in published], sent_at__isnull=True
-            ).update(sent_at=Now(), broker_epoch=epoch, publish_count=F("publish_count") + 1)
+            _mark_sent(published, epoch, only_unsent=True)
     except Exception:
         _relay_paused_until = time.monotonic() + _RELAY_PAUSE_S
         logger.warning(
@@ -276,45 +285,88 @@ def _relay(rows: list[OutboxMessage]) -> None:
         )
 
 
+_MARK_SENT = (
+    f"UPDATE {OutboxMessage._meta.db_table} "
+    "SET sent_at = STATEMENT_TIMESTAMP(), broker_epoch = %s, publish_count = publish_count + 1 "
+    "WHERE id = ANY(%s)"
+)
+
+
+def _mark_sent(rows: list[OutboxMessage], epoch: int, *, only_unsent: bool) -> None:
+    """Stamps `rows` sent into `epoch` (SQL by hand: this is on every relay's path)."""
+    sql = _MARK_SENT + " AND sent_at IS NULL" if only_unsent else _MARK_SENT
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [epoch, [row.pk for row in rows]])
+
+
 # Errors of one row (not of the broker): publishing it again cannot help.
 _UNPUBLISHABLE = (KeyError, TypeError, ValueError, kombu.exceptions.EncodeError)
 
 
-def _publish(
-    producer: Any, rows: list[OutboxMessage], *, retry_policy: dict[str, Any] | None
-) -> list[OutboxMessage]:
+def _publish(producer: Any, rows: list[OutboxMessage], *, attempts: int) -> list[OutboxMessage]:
     """Publishes `rows` over `producer`'s connection; returns those published. A row that
     cannot be published at all (unknown queue, args not a list) becomes a dead letter and
-    is marked done, so no sweep trips over it again. Broker errors propagate."""
-    published: list[OutboxMessage] = []
-    for row in rows:
-        message_id = row.logical_message_id
-        headers: dict[str, Any] = {"outbox_id": row.pk, "message_id": message_id}
-        if row.request_id:
-            headers[REQUEST_ID_HEADER] = row.request_id
+    is marked done, so no sweep trips over it again. A broker error propagates after
+    `attempts` tries of the whole batch (a try may have delivered some messages: the
+    next one publishes them twice, which consumers ignore)."""
+    unpublishable: dict[int, tuple[OutboxMessage, Exception]] = {}
+    for attempt in range(1, attempts + 1):
         try:
-            celery_app.send_task(
-                row.task_name,
-                args=row.args,
-                kwargs=row.kwargs,
-                task_id=f"{TASK_ID_PREFIX}{row.pk}",
-                queue=row.queue or None,
-                headers=headers,
-                producer=producer,
-                retry=True,
-                retry_policy=retry_policy,
-                add_to_parent=False,
-            )
-        except _UNPUBLISHABLE as exc:
-            _dead_letter_unpublishable(row, exc)
-            continue
-        published.append(row)
+            published = _publish_pipelined(producer, rows, unpublishable)
+            break
+        except Exception:
+            if attempt == attempts:
+                raise
+            logger.info("outbox: publishing %d rows failed, trying again", len(rows))
+    for row, exc in unpublishable.values():
+        _dead_letter_unpublishable(row, exc)
+    for row in published:
         record(
             "outbox.published",
             row.task_name,
             request_id=row.request_id or None,
             detail={"outbox_id": row.pk, "publish_count": row.publish_count + 1},
         )
+    return published
+
+
+def _publish_pipelined(
+    producer: Any,
+    rows: list[OutboxMessage],
+    unpublishable: dict[int, tuple[OutboxMessage, Exception]],
+) -> list[OutboxMessage]:
+    """One try: Celery builds each message as usual; kombu's publish batch sends them to
+    Redis in pipelines of up to `_PIPELINE_MAX` (one round trip each) instead of one
+    client and one round trip per message. Returns only after the last pipeline ran:
+    a row counts as published when Redis has answered for it. A pipeline that fails
+    raises (kombu's BatchPublishError: which of its messages arrived is unknown)."""
+    published: list[OutboxMessage] = []
+    with producer.batch(max_size=_PIPELINE_MAX):
+        for row in rows:
+            if row.pk in unpublishable:
+                continue
+            message_id = row.logical_message_id
+            headers: dict[str, Any] = {"outbox_id": row.pk, "message_id": message_id}
+            if row.request_id:
+                headers[REQUEST_ID_HEADER] = row.request_id
+            try:
+                celery_app.send_task(
+                    row.task_name,
+                    args=row.args,
+                    kwargs=row.kwargs,
+                    task_id=f"{TASK_ID_PREFIX}{row.pk}",
+                    queue=row.queue or None,
+                    headers=headers,
+                    producer=producer,
+                    # Nothing goes over the network here: broker errors come from the
+                    # batch's flush, and `_publish` retries the whole batch.
+                    retry=False,
+                    add_to_parent=False,
+                )
+            except _UNPUBLISHABLE as exc:
+                unpublishable[row.pk] = (row, exc)
+                continue
+            published.append(row)
     return published
 
 
@@ -467,11 +519,9 @@ def _sweep_batch(producer: Any, due: Q, order: str, epoch: int, batch_size: int)
         )
         if not rows:
             return 0
-        published = _publish(producer, rows, retry_policy=None)
+        published = _publish(producer, rows, attempts=2)
         if published:
-            OutboxMessage.objects.filter(pk__in=[row.pk for row in published]).update(
-                sent_at=Now(), broker_epoch=epoch, publish_count=F("publish_count") + 1
-            )
+            _mark_sent(published, epoch, only_unsent=False)
     return len(rows)
 
 

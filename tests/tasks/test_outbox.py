@@ -67,7 +67,9 @@ def test_rows_of_one_transaction_are_published_in_one_batch(
     assert len(hooks) == 1  # one hook for the whole transaction, not one per row
     with CaptureQueriesContext(connection) as queries:
         hooks[0]()
-    # One SELECT (the rows that still exist) and one UPDATE (mark them sent), for 20 rows.
+    # One SELECT and one UPDATE (mark them sent), for 20 rows. Called by hand rather than
+    # by Django's commit, the hook cannot tell that no savepoint rolled back: it asks which
+    # of its rows exist.
     outbox_sql = [q["sql"] for q in queries.captured_queries if "tasks_outboxmessage" in q["sql"]]
     assert [sql.split()[0] for sql in outbox_sql] == ["SELECT", "UPDATE"]
     assert sorted(_outbox_ids(published)) == [row.pk for row in rows]
@@ -111,6 +113,51 @@ def test_rollback_publishes_nothing(
         after = outbox_enqueue(NOOP, args=["after"])
     assert not OutboxMessage.objects.filter(pk=dropped.pk).exists()
     assert sorted(_outbox_ids(published)) == [kept.pk, after.pk]
+
+
+def _outbox_statements(queries: CaptureQueriesContext) -> list[str]:
+    return [
+        q["sql"].split()[0] for q in queries.captured_queries if "tasks_outboxmessage" in q["sql"]
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_commit_relays_without_asking_which_rows_exist(
+    published: list[dict[str, Any]],
+) -> None:
+    """No savepoint rolled back: every row of the batch committed, so the relay goes
+    straight to publishing and marks them sent with one UPDATE."""
+    outbox_broker_epoch()
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        rows = [outbox_enqueue(NOOP, args=[i]) for i in range(5)]
+        with transaction.atomic():  # a savepoint released, not rolled back
+            rows.append(outbox_enqueue(NOOP, args=[5]))
+    assert _outbox_statements(queries) == ["INSERT"] * 6 + ["UPDATE"]
+    assert sorted(_outbox_ids(published)) == [row.pk for row in rows]
+    sent = OutboxMessage.objects.filter(pk__in=[row.pk for row in rows], sent_at__isnull=False)
+    assert sent.count() == 6
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("row_after_rollback", [False, True])
+def test_a_real_commit_after_a_savepoint_rollback_publishes_only_what_exists(
+    published: list[dict[str, Any]], row_after_rollback: bool
+) -> None:
+    """A savepoint rolled back after the batch's first row, with or without rows added
+    after it: the relay notices, asks, and publishes only the rows that exist."""
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        kept = [outbox_enqueue(NOOP, args=["kept"])]
+        try:
+            with transaction.atomic():
+                dropped = outbox_enqueue(NOOP, args=["dropped"])
+                raise RuntimeError("roll the savepoint back")
+        except RuntimeError:
+            pass
+        if row_after_rollback:
+            kept.append(outbox_enqueue(NOOP, args=["after"]))
+    assert not OutboxMessage.objects.filter(pk=dropped.pk).exists()
+    assert sorted(_outbox_ids(published)) == [row.pk for row in kept]
+    assert _outbox_statements(queries)[-2:] == ["SELECT", "UPDATE"]
 
 
 @pytest.mark.django_db
@@ -336,3 +383,39 @@ def test_redis_restart_loses_nothing_accepted(
     assert outbox_sweep(unsent_after=NOW) == 0
     for token in tokens:
         assert (_effects(token), _deliveries(token)) == (1, 1), token
+
+
+@pytest.mark.live
+def test_a_failed_publish_marks_nothing_sent(
+    live_worker: LiveProcess, private_redis: PrivateRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis refuses one message of a batch (its queue's key holds a string): which of
+    the batch's messages arrived is unknown, so no row is marked sent, neither by the
+    relay nor by the sweeper; once Redis takes them, the sweeper publishes them all."""
+    from tasks import outbox
+
+    live_worker.stop()  # a worker reading the blocked queue would trip over it too
+    monkeypatch.setattr(outbox, "_relay_paused_until", 0.0)  # this test's pause ends with it
+    # One message to each queue first: the queues are declared, so the refusal comes from
+    # the batch's pipeline, after the message to "high" went through in the same pipeline.
+    warm = [OutboxMessage.objects.create(task_name=NOOP, queue=q) for q in ("high", "bulk")]
+    assert outbox_sweep(unsent_after=NOW) == 2
+    OutboxMessage.objects.filter(pk__in=[row.pk for row in warm]).update(done_at=Now())
+    broker = redis.Redis.from_url(private_redis.url)
+    blocker = f"blocked-{uuid.uuid4().hex}"
+    broker.set("bulk", blocker)
+    try:
+        with transaction.atomic():
+            rows = [outbox_enqueue(NOOP, args=[1], queue="high")]
+            rows.append(outbox_enqueue(NOOP, args=[2], queue="bulk"))
+        ids = [row.pk for row in rows]
+        assert not OutboxMessage.objects.filter(pk__in=ids, sent_at__isnull=False).exists()
+        with pytest.raises(Exception) as refused:
+            outbox_sweep(unsent_after=NOW)
+        assert "WRONGTYPE" in f"{refused.value} {refused.value.__cause__}"
+        assert not OutboxMessage.objects.filter(pk__in=ids, sent_at__isnull=False).exists()
+    finally:
+        assert broker.get("bulk") == blocker.encode()
+        broker.delete("bulk")
+    assert outbox_sweep(unsent_after=NOW) == 2
+    assert OutboxMessage.objects.filter(pk__in=ids, sent_at__isnull=False).count() == 2
