@@ -6,28 +6,48 @@ Rows:
   directly), and one `wallets.apply` message per wallet, which is what acceptance leaves
   behind an applier that is behind (accepts coalesce their messages); decided/s from the
   first publish to the last decision.
-- open loop: `rate` POSTs/s over HTTP, spread evenly over the wallets, for `duration` s;
-  accept -> applied from the database's own timestamps (`accepted_at`: the accepting
-  transaction's start, `applied_at`: the applier's decision), after the queue drained.
-
-A wallet is part of its URL and `run_load` drives one URL, so the open loop runs loadgen's
-engine once per wallet, all in one event loop, each at `rate / wallets` (see `_open_loop`).
+- open loop: `rate` POSTs/s offered over HTTP, spread evenly over the wallets, for
+  `duration` s, by wrk paced with its `delay()` hook (`run_load(requests=..., rate=...,
+  prefer="wrk")`: one rotation over every wallet's URL and a mix of bodies); accept ->
+  applied from the database's own timestamps (`accepted_at`: the accepting transaction's
+  start, `applied_at`: the applier's decision), after the queue drained.
+- accept path alone: the same requests, closed loop, with the Celery workers stopped
+  (SIGSTOP) so the web processes and PostgreSQL have the box to themselves: the ceiling of
+  accepted/s on this machine whatever the appliers cost. The workers resume afterwards
+  and decide the backlog before the stack stops.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import time
 from typing import Any
 
-from .loadgen import LoadResult
+from .loadgen import LoadResult, Request, run_load
 from .stack import Stack
 
 __all__ = ["run"]
 
 WORKER_PROCS = 2
 WORKER_CONCURRENCY = 2
+# Connections wrk may hold open: the cap on requests in flight while it paces.
+OPEN_LOOP_CONNECTIONS = 64
+ACCEPT_ONLY_CONNECTIONS = 16
+
+
+def _accept_only(stack: Stack, token: str, wallet_ids: list[int], *, duration: float) -> LoadResult:
+    """Closed loop over the wallets' URLs while the Celery workers are stopped."""
+    workers = stack.procs[1:]  # the stack's own worker process groups (see Stack.__enter__)
+    for proc in workers:
+        os.killpg(proc.pid, signal.SIGSTOP)
+    try:
+        return _open_loop(stack, token, wallet_ids, rate=None, duration=duration)
+    finally:
+        for proc in workers:
+            os.killpg(proc.pid, signal.SIGCONT)
 
 
 def _open_wallets(count: int) -> tuple[str, list[int]]:
@@ -101,18 +121,10 @@ def _drain_backlog(wallet_ids: list[int], per_wallet: int, rng: random.Random) -
 
 
 def _open_loop(
-    stack: Stack, token: str, wallet_ids: list[int], *, rate: float, duration: float
-) -> list[LoadResult]:
-    """One open-loop generator per wallet (its URL), all in one event loop.
-
-    `run_load` takes one URL; a thread per wallet would spend the cores on 100 event
-    loops fighting over the GIL, so this drives loadgen's own engine (`_run_asyncio`) for
-    every wallet in one loop. A public multi-URL `run_load` would replace it.
-    """
-    import asyncio
-
-    from .loadgen import _asyncio_main, _build_target, _run_asyncio
-
+    stack: Stack, token: str, wallet_ids: list[int], *, rate: float | None, duration: float
+) -> LoadResult:
+    """`rate` POSTs/s over all wallets from wrk, paced; each wallet gets rate / wallets.
+    Without `rate`: closed loop, as fast as the server answers."""
     headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
     # Deposits outweigh withdrawals, and some withdrawals are too large: both outcomes.
     bodies = [
@@ -125,37 +137,24 @@ def _open_loop(
             ("deposit", "1.25"),
         ]
     ]
-    per_wallet = rate / len(wallet_ids)
-
-    async def all_wallets() -> list[LoadResult]:
-        runs = [
-            _run_asyncio(
-                f"wallet {wallet_id}",
-                _build_target(
-                    f"{stack.web_url}/api/wallets/{wallet_id}/transactions/",
-                    "POST",
-                    headers,
-                    None,
-                    bodies,
-                    None,
-                ),
-                4,
-                duration,
-                1.0,
-                per_wallet,
-            )
-            for wallet_id in wallet_ids
-        ]
-        return list(await asyncio.gather(*runs))
-
-    results: list[LoadResult] = []
-
-    async def collect() -> LoadResult:
-        results.extend(await all_wallets())
-        return results[0]  # `_asyncio_main` runs a coroutine of one result
-
-    _asyncio_main(collect())
-    return results
+    # Wallets vary fastest, so consecutive requests (and each wrk thread's share) spread
+    # over all wallets, and every wallet walks through every body.
+    requests = [
+        Request(f"/api/wallets/{wallet_id}/transactions/", "POST", body=body)
+        for body in bodies
+        for wallet_id in wallet_ids
+    ]
+    return run_load(
+        name="wallets open loop",
+        url=stack.web_url,
+        headers=headers,
+        requests=requests,
+        concurrency=OPEN_LOOP_CONNECTIONS if rate else ACCEPT_ONLY_CONNECTIONS,
+        duration_s=duration,
+        warmup_s=1.0,
+        rate=rate,
+        prefer="wrk",
+    )
 
 
 def _latencies(after_id: int) -> dict[str, float]:
@@ -218,37 +217,44 @@ def run(
         token, load_wallets = _open_wallets(wallets)
         before = WalletTransaction.objects.aggregate(last=Max("id"))["last"] or 0
         started = time.perf_counter()
-        results = _open_loop(stack, token, load_wallets, rate=rate, duration=duration)
+        result = _open_loop(stack, token, load_wallets, rate=rate, duration=duration)
         _wait_decided(load_wallets)
         tail_s = time.perf_counter() - started - duration - 1.0
         latency = _latencies(before)
 
-        accepted = sum(r.status_counts.get(202, 0) for r in results)
-        errors = sum(r.errors for r in results)
-        dropped = sum(r.dropped for r in results)
-        http_p50 = sorted(r.p50_ms for r in results)[len(results) // 2]
-        http_p99 = max(r.p99_ms for r in results)
+        token, alone_wallets = _open_wallets(wallets)
+        alone = _accept_only(stack, token, alone_wallets, duration=duration)
+        _wait_decided(alone_wallets)
+
+        accepted = result.status_counts.get(202, 0)
+        sent = result.requests + sum(result.socket_errors.values())
         lines = [
             f"gunicorn x{stack.web_workers} sync, workers {WORKER_PROCS} x "
-            f"{WORKER_CONCURRENCY}, {wallets} wallets, one open-loop generator per wallet",
+            f"{WORKER_CONCURRENCY}, {wallets} wallets, wrk paced over all wallets' URLs "
+            f"({result.concurrency} connections)",
             "",
             "| measure | value | detail |",
             "|---|---|---|",
             f"| backlog drain: decided/s | {drain['decided_rate']:,.0f} | "
             f"{drain['total']:,} pending over {wallets} wallets, one apply message per wallet, "
             f"batches of {APPLY_BATCH_SIZE}; all decided in {drain['decided_s']:.2f} s |",
-            f"| open loop: offered | {rate:,.0f}/s | {duration:.0f} s + 1 s warm-up, "
-            f"{rate / wallets:.1f}/s per wallet |",
-            f"| open loop: accepted (202) | {accepted / duration:,.0f}/s | "
-            f"{accepted:,} in the window, {errors} errors, {dropped} dropped |",
-            f"| open loop: HTTP latency | p50 {http_p50:.1f} ms | worst per-wallet p99 "
-            f"{http_p99:.1f} ms |",
+            f"| open loop: offered | {rate:,.0f}/s | {result.duration_s:.0f} s after a 1 s "
+            f"warm-up, {rate / wallets:.1f}/s per wallet |",
+            f"| open loop: sent | {sent / result.duration_s:,.0f}/s | {result.late:,} sent more "
+            f"than 10 ms after their slot (no free connection), {result.dropped:,} never sent |",
+            f"| open loop: accepted (202) | {accepted / result.duration_s:,.0f}/s | "
+            f"{accepted:,} in the window, {result.errors} errors |",
+            f"| open loop: HTTP latency (from the send) | p50 {result.p50_ms:.1f} ms | "
+            f"p99 {result.p99_ms:.1f} ms |",
             f"| open loop: applied/s | {latency['count'] / latency['span_s']:,.0f} | "
-            f"{latency['count']:,} decided ({latency['rejected']:,} rejected) over "
-            f"{latency['span_s']:.1f} s, first accept to last decision |",
+            f"{latency['count']:,} decided incl. warm-up ({latency['rejected']:,} rejected) "
+            f"over {latency['span_s']:.1f} s, first accept to last decision |",
             f"| open loop: accept -> applied | p50 {latency['p50']:.1f} ms | "
             f"p99 {latency['p99']:.1f} ms, max {latency['max']:.1f} ms; last decided "
             f"{max(tail_s, 0) * 1000:,.0f} ms after the load ended |",
+            f"| accept path alone (workers stopped) | {alone.rps:,.0f}/s | closed loop, "
+            f"{alone.concurrency} connections, p50 {alone.p50_ms:.1f} ms, p99 "
+            f"{alone.p99_ms:.1f} ms, {alone.errors} errors |",
         ]
         return "\n".join(lines)
 
