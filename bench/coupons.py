@@ -3,11 +3,19 @@ in-request variant, and the drain rate (accepted -> persisted)."""
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
+from urllib.parse import urlsplit, urlunsplit
 
 from .loadgen import LoadResult, format_table, run_load
 from .stack import Stack
+
+
+def _drain_every_ms() -> int:
+    from django.conf import settings
+
+    return int(settings.COUPON_DRAIN_EVERY_MS)
 
 
 def _users(stack: Stack, count: int) -> list[str]:
@@ -57,22 +65,42 @@ def _wait_drained(campaign_id: int, timeout: float = 300) -> float:
     return time.perf_counter() - started
 
 
+# A Redis database of its own: every bench stack shares one Redis server, and the Celery
+# workers of another stack left running on database 0 would otherwise take this stack's
+# drain messages (and the drain figures would be theirs).
+REDIS_DB = 11
+
+
+def _isolated_redis_url(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{REDIS_DB}"))
+
+
 def run(*, duration: float, concurrency: int, total: int = 100_000) -> str:
-    # Enough users that none asks twice within the run at the rates seen here.
-    user_count = max(int(duration * 6000), 20_000)
-    with Stack(worker_procs=1, worker_concurrency=2) as stack:
-        keys = _users(stack, user_count)
+    # Every row gets its own fresh users, each asking once: every request is a user the web
+    # processes have not seen, so every row pays the same token query (no row profits from
+    # tokens another row left in the web processes' memory), and no issue request is a
+    # repeat. Enough per row that wrk's two threads never wrap at the rates seen here.
+    per_row = max(int((duration + 1) * 2500), 20_000)
+    redis_url = _isolated_redis_url(os.environ["REDIS_URL"])
+    os.environ["REDIS_URL"] = redis_url  # this process writes gates (campaign_create)
+    with Stack(worker_procs=1, worker_concurrency=2, extra_env={"REDIS_URL": redis_url}) as stack:
+        keys = _users(stack, per_row * 3)
         headers = _headers(keys)
+        noop_users, issue_users, naive_users = (
+            headers[i * per_row : (i + 1) * per_row] for i in range(3)
+        )
         rows: list[LoadResult] = []
         rows.append(
             run_load(
                 name="authenticated DRF no-op POST",
                 url=f"{stack.web_url}/api/bench/noop-auth/",
                 method="POST",
-                header_sets=headers,
+                header_sets=noop_users,
                 body=b"{}",
                 duration_s=duration,
                 concurrency=concurrency,
+                warmup_s=0,  # fresh users only, as in the rows below
             )
         )
         surge = _campaign(total)
@@ -80,7 +108,7 @@ def run(*, duration: float, concurrency: int, total: int = 100_000) -> str:
             name=f"Surge issue ({total:,} coupons)",
             url=f"{stack.web_url}/api/coupons/campaigns/{surge}/issue/",
             method="POST",
-            header_sets=headers,
+            header_sets=issue_users,
             body=b"",
             duration_s=duration,
             concurrency=concurrency,
@@ -94,7 +122,7 @@ def run(*, duration: float, concurrency: int, total: int = 100_000) -> str:
                 name=f"naive issue: row lock + insert in the request ({total:,})",
                 url=f"{stack.web_url}/api/bench/coupons/{naive}/naive-issue/",
                 method="POST",
-                header_sets=list(reversed(headers)),
+                header_sets=naive_users,
                 body=b"",
                 duration_s=duration,
                 concurrency=concurrency,
@@ -112,7 +140,8 @@ def run(*, duration: float, concurrency: int, total: int = 100_000) -> str:
         accepted_rps = accepted_202 / issue.duration_s if issue.duration_s else 0.0
         lines = [
             f"c={concurrency}, {duration:.0f} s per row, gunicorn x{stack.web_workers}, "
-            f"{user_count:,} distinct users, worker 1 x 2",
+            f"{per_row:,} fresh users per row, worker 1 x 2 (nice {stack.worker_nice}), "
+            f"COUPON_DRAIN_EVERY_MS={_drain_every_ms()}",
             "",
             format_table(
                 rows,
