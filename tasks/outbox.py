@@ -358,8 +358,9 @@ def _publish_pipelined(
                     queue=row.queue or None,
                     headers=headers,
                     producer=producer,
-                    # Nothing goes over the network here: broker errors come from the
-                    # batch's flush, and `_publish` retries the whole batch.
+                    # Only a queue's declaration (once per connection) goes over the
+                    # network here; the messages go at the batch's flush. A broker error
+                    # from either fails this try, and `_publish` tries the whole batch again.
                     retry=False,
                     add_to_parent=False,
                 )
