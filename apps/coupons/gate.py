@@ -19,20 +19,20 @@ from apps.core.redis import get_redis
 _ACCEPT = """
 local count = redis.call('INCR', KEYS[4])
 if count == 1 then redis.call('PEXPIRE', KEYS[4], ARGV[4]) end
-if count > tonumber(ARGV[3]) then return {'rate_limited', '', redis.call('PTTL', KEYS[4])} end
+if count > tonumber(ARGV[3]) then return 'rate_limited::' .. redis.call('PTTL', KEYS[4]) end
 local meta = redis.call('HMGET', KEYS[1], 'epoch', 'starts', 'ends')
-if not meta[1] then return {'no_gate', '', 0} end
+if not meta[1] then return 'no_gate::0' end
 local now = tonumber(ARGV[2])
-if meta[2] ~= '' and now < tonumber(meta[2]) then return {'not_active', meta[1], 0} end
-if meta[3] ~= '' and now >= tonumber(meta[3]) then return {'not_active', meta[1], 0} end
-if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return {'already', meta[1], 0} end
+if meta[2] ~= '' and now < tonumber(meta[2]) then return 'not_active:' .. meta[1] .. ':0' end
+if meta[3] ~= '' and now >= tonumber(meta[3]) then return 'not_active:' .. meta[1] .. ':0' end
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return 'already:' .. meta[1] .. ':0' end
 local left = tonumber(redis.call('GET', KEYS[2]) or '0')
-if left <= 0 then return {'sold_out', meta[1], 0} end
+if left <= 0 then return 'sold_out:' .. meta[1] .. ':0' end
 redis.call('DECR', KEYS[2])
 redis.call('SADD', KEYS[3], ARGV[1])
 local drain = 0
 if redis.call('SET', KEYS[5], '1', 'NX', 'PX', ARGV[5]) then drain = 1 end
-return {'accepted', meta[1], drain}
+return 'accepted:' .. meta[1] .. ':' .. drain
 """
 
 # Undo an acceptance that PostgreSQL did not record, unless the gate was rebuilt since
@@ -80,12 +80,12 @@ class Gate:
         meta, remaining, users = _keys(campaign_id)
         window = now_ms // rate_window_ms
         rate_key = f"coupons:rl:{user_id}:{window}"
-        kind, epoch, extra = self._accept(
+        reply = self._accept(
             keys=[meta, remaining, users, rate_key, drain_flag_key(campaign_id)],
             args=[user_id, now_ms, rate_limit, rate_window_ms, drain_every_ms],
         )
-        kind = kind.decode() if isinstance(kind, bytes) else kind
-        epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
+        # One "kind:epoch:extra" string (epochs are hex): one reply to parse, not an array.
+        kind, epoch, extra = (reply.decode() if isinstance(reply, bytes) else reply).split(":")
         if kind == "rate_limited":
             return Verdict(kind, epoch, retry_after_ms=max(int(extra), 1))
         return Verdict(kind, epoch, schedule_drain=bool(int(extra)))
