@@ -576,12 +576,16 @@ def test_worker_killed_mid_step_rolls_the_attempt_back_and_the_step_runs_again(
 # --- turns: several steps per turn --------------------------------------------------------
 
 
+# These drive turns from the test process inside the test's transaction: nothing commits,
+# so no message reaches the session's live worker and the states between turns hold still.
+
+
 def _advances_enqueued(saga: Saga) -> int:
     """How many `tasks.saga_advance` messages the saga's turns asked for (outbox rows)."""
     return OutboxMessage.objects.filter(task_name="tasks.saga_advance", args=[saga.pk]).count()
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db
 def test_one_turn_runs_every_step_while_they_succeed() -> None:
     saga = _start(publish=False)
 
@@ -597,7 +601,7 @@ def test_one_turn_runs_every_step_while_they_succeed() -> None:
     assert saga_advance(saga_id=saga.pk) is False  # finished: nothing to take
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db
 def test_a_failure_compensates_in_the_same_turn() -> None:
     saga = _start(publish=False, fail_at="confirm")
 
@@ -611,7 +615,7 @@ def test_a_failure_compensates_in_the_same_turn() -> None:
     _assert_finished_cleanly(saga)
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db
 def test_a_spent_budget_hands_the_saga_to_a_new_turn() -> None:
     saga = _start(publish=False)
 
@@ -635,7 +639,7 @@ def test_a_spent_budget_hands_the_saga_to_a_new_turn() -> None:
     _assert_finished_cleanly(saga)
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db
 def test_a_retry_ends_the_turn_and_waits_for_its_backoff() -> None:
     saga = _start(publish=False, transient={"charge": 1})
 
