@@ -230,7 +230,8 @@ def _post(
     except requests.RequestException as exc:
         _log(operation, log_ref, "unreachable", started)
         raise PaymentUnavailable(
-            f"{operation}: gateway unreachable ({type(exc).__name__})", operation=operation
+            f"{operation}: gateway unreachable ({type(exc).__name__}: {_cause(exc)})",
+            operation=operation,
         ) from None
     status = response.status_code
     _log(operation, log_ref, str(status), started)
@@ -266,6 +267,18 @@ def _post(
             f"{operation}: unreadable answer ({status})", operation=operation, status_code=status
         )
     return answer
+
+
+def _cause(exc: requests.RequestException) -> str:
+    """The innermost reason (refused, reset, ...): what an operator needs, without the URL
+    (the request body, with the card token, is never part of it)."""
+    inner: BaseException = exc
+    while True:
+        nested = getattr(inner, "reason", None) or inner.__context__
+        if not isinstance(nested, BaseException) or nested is inner:
+            break
+        inner = nested
+    return f"{type(inner).__name__}: {inner}"[:200]
 
 
 def _error_code(response: requests.Response) -> str | None:
