@@ -79,6 +79,12 @@ app.conf.update(
         # Accepted coupon requests whose drain message was lost; gates Redis forgot.
         "coupons-sweep": {"task": "coupons.sweep", "schedule": 5.0},
         "coupons-reconcile": {"task": "coupons.reconcile", "schedule": 10.0},
+        # Wallets with pending transactions whose drain wake was lost.
+        "wallets-sweep": {
+            "task": "wallets.sweep",
+            "schedule": 2.0,
+            "options": {"queue": "high", "expires": 10},
+        },
         # Sagas due for a retry, whose advance message was lost, or whose runner died.
         "saga-wake": {"task": "tasks.saga_wake", "schedule": 2.0},
     },

@@ -62,6 +62,7 @@ from typing import Any, TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, models, router, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from .models.ordering import CommandStatus, OrderedCommand, OrderedKey
@@ -71,8 +72,10 @@ __all__ = [
     "ApplyOutcome",
     "ApplyReport",
     "OrderingError",
+    "PendingSignal",
     "accept_command",
     "apply_pending",
+    "apply_pending_keys",
     "assign_seq",
 ]
 
@@ -278,6 +281,205 @@ def apply_pending(
         has_more=has_more,
         waiting_for_seq=waiting_for,
     )
+
+
+def apply_pending_keys(
+    *,
+    key_model: type[K],
+    command_model: type[C],
+    apply: Callable[[K, C], ApplyOutcome],
+    max_keys: int = 100,
+    batch_size: int = 200,
+    command_fields: Sequence[str] = (),
+    exclude: Sequence[int] = (),
+    on_decided: Callable[[K, list[C]], None] | None = None,
+) -> list[ApplyReport]:
+    """`apply_pending` for up to `max_keys` keys with pending commands at once, found by the
+    database, in one transaction of four statements whatever the number of keys.
+
+    Invariants: those of `apply_pending` for every key (strict seq order, stop at a gap,
+    each command decided once, all or nothing). The keys are locked with SKIP LOCKED: a
+    key another applier holds is left to it, and that applier took its lock after every
+    accept that committed before this call (an accept holds the key's lock until it
+    commits), so it sees their commands. The keys are found with `last_applied_seq <
+    last_seq`: give the key model a partial index on that condition. An exception from
+    `apply` rolls the whole pass back and propagates (callers that must isolate keys from
+    each other fall back to `apply_pending` per key). `on_decided(key, commands)` runs
+    after the commit for every key that decided something. Returns one report per key
+    that was locked.
+    """
+    if batch_size < 1 or max_keys < 1:
+        raise ValueError("batch_size and max_keys must be at least 1")
+    fk_model, fk = _key_fk(command_model)
+    if fk_model is not key_model:
+        raise OrderingError(
+            f"{command_model._meta.label} is not ordered by {key_model._meta.label}"
+        )
+    extra_fields = _command_extra_fields(command_model, tuple(command_fields))
+    using = router.db_for_write(key_model)
+    reports: list[ApplyReport] = []
+    done: list[tuple[K, list[C]]] = []
+    with transaction.atomic(using=using):
+        pending = key_model._default_manager.using(using).filter(last_applied_seq__lt=F("last_seq"))
+        if exclude:
+            pending = pending.exclude(pk__in=list(exclude))
+        keys = list(
+            pending.select_for_update(no_key=True, skip_locked=True).order_by("pk")[:max_keys]
+        )
+        if not keys:
+            return reports
+        # Seqs are gapless, so (start, start + batch_size] bounds each key's batch; the
+        # unique (key, seq) index serves each range.
+        window = Q()
+        for key in keys:
+            start = key.last_applied_seq
+            window |= Q(**{fk.attname: key.pk, "seq__gt": start, "seq__lte": start + batch_size})
+        by_key: dict[Any, list[C]] = {key.pk: [] for key in keys}
+        for command in (
+            command_model._default_manager.using(using)
+            .filter(window, status=CommandStatus.PENDING)
+            .order_by(fk.attname, "seq")
+        ):
+            by_key[getattr(command, fk.attname)].append(command)
+        decided_all: list[C] = []
+        changed: list[K] = []
+        for key in keys:
+            decided = _decide(key, by_key[key.pk], apply)
+            last = key.last_applied_seq
+            waiting_for = None
+            has_more = False
+            if last < key.last_seq:
+                if len(decided) == batch_size:
+                    has_more = True
+                else:
+                    waiting_for = last + 1
+            reports.append(
+                ApplyReport(
+                    key_id=key.pk,
+                    applied=sum(1 for c in decided if c.status == CommandStatus.APPLIED),
+                    rejected=sum(1 for c in decided if c.status == CommandStatus.REJECTED),
+                    last_applied_seq=last,
+                    has_more=has_more,
+                    waiting_for_seq=waiting_for,
+                )
+            )
+            if decided:
+                decided_all.extend(decided)
+                changed.append(key)
+                done.append((key, decided))
+        if decided_all:
+            now = timezone.now()
+            _write_decisions(command_model, decided_all, extra_fields, now, using)
+            _write_keys(key_model, changed, using)
+    if on_decided:
+        for key, decided in done:
+            on_decided(key, decided)
+    return reports
+
+
+def _decide(key: K, commands: Sequence[C], apply: Callable[[K, C], ApplyOutcome]) -> list[C]:
+    """Runs `apply` on `commands` (one key's, in seq order) while they follow on from
+    `key.last_applied_seq`; returns the decided ones."""
+    decided: list[C] = []
+    for command in commands:
+        if command.seq != key.last_applied_seq + 1:
+            break  # a gap: a later seq is visible, the next one is not
+        outcome = apply(key, command)
+        if not isinstance(outcome, ApplyOutcome):
+            raise OrderingError(f"apply returned {outcome!r}, not an ApplyOutcome")
+        if outcome.status not in (CommandStatus.APPLIED, CommandStatus.REJECTED):
+            raise OrderingError(f"apply decided {outcome.status!r} for seq {command.seq}")
+        command.status = outcome.status
+        command.reason = outcome.reason
+        key.last_applied_seq = command.seq
+        decided.append(command)
+    return decided
+
+
+class PendingSignal:
+    """Wakes one drain of keys with pending commands, without one message per command.
+
+    Accepts call `notify()` after their commit; it returns True when the caller must
+    publish a drain (none is on its way), else it asks the running drain for one more
+    pass. The drain calls `begin_pass()` before each pass and, when a pass found nothing,
+    `finish()`, which says whether to go again (someone notified since the pass began) or
+    ends the drain (the next `notify()` returns True again). Both run as Redis scripts, so
+    an accept's notify is seen either by a pass that begins after it (and therefore after
+    its commit) or by `finish()`.
+
+    The flag is a lease (`ttl_ms`, renewed by each pass): a drain that died holding it
+    stops holding back new drains when it expires. Redis is a hint, never the truth: a
+    notify lost with a crash or a Redis outage is the job of a sweeper that calls
+    `notify()` while the database shows pending keys.
+    """
+
+    _NOTIFY = """
+    if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 1 end
+    redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+    return 0
+    """
+    _BEGIN = """
+    redis.call('DEL', KEYS[2])
+    redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+    return 1
+    """
+    _FINISH = """
+    if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
+    redis.call('DEL', KEYS[1])
+    return 0
+    """
+
+    def __init__(self, name: str, *, ttl_ms: int = 10_000, client: Any = None) -> None:
+        self.keys = [f"surge:ordering:{name}:drain", f"surge:ordering:{name}:again"]
+        self.ttl_ms = ttl_ms
+        self._client = client
+
+    def _redis(self) -> Any:
+        if self._client is not None:
+            return self._client
+        from apps.core.redis import get_redis
+
+        return get_redis()
+
+    def _run(self, script: str, *args: Any) -> int:
+        client = self._redis()
+        return int(client.eval(script, 2, *self.keys, *args))
+
+    def notify(self) -> bool:
+        return bool(self._run(self._NOTIFY, self.ttl_ms))
+
+    def begin_pass(self) -> None:
+        self._run(self._BEGIN, self.ttl_ms)
+
+    def finish(self) -> bool:
+        return bool(self._run(self._FINISH))
+
+
+def _write_keys(key_model: type[OrderedKey], keys: Sequence[OrderedKey], using: str) -> None:
+    """`key.save(update_fields=<all but last_seq>)` for every key, in one UPDATE."""
+    connection = connections[using]
+    qn = connection.ops.quote_name
+    meta = key_model._meta
+    pk = meta.pk
+    assert pk is not None
+    fields: list[models.Field[Any, Any]] = [pk]
+    for name in _key_save_fields(key_model):
+        field = meta.get_field(name)
+        assert isinstance(field, models.Field)
+        fields.append(field)
+    row_sql = "(" + ", ".join(f"%s::{_cast_type(f, connection)}" for f in fields) + ")"
+    params: list[Any] = []
+    for key in keys:
+        params.extend(f.get_db_prep_save(getattr(key, f.attname), connection) for f in fields)
+    names = [qn(_column(f)) for f in fields]
+    assignments = ", ".join(f"{name} = v.{name}" for name in names[1:])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {qn(meta.db_table)} AS t SET {assignments} "
+            f"FROM (VALUES {', '.join([row_sql] * len(keys))}) AS v({', '.join(names)}) "
+            f"WHERE t.{names[0]} = v.{names[0]}",
+            params,
+        )
 
 
 @functools.cache

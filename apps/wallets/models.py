@@ -12,7 +12,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.db.models.functions import Now
 
 from tasks.models.ordering import (
@@ -41,6 +41,15 @@ class Wallet(OrderedKey):
         constraints = [
             *ordered_key_constraints(),
             models.CheckConstraint(condition=Q(balance__gte=0), name="wallets_balance_gte_0"),
+        ]
+        indexes = [
+            # The wallets with pending transactions: what the drain and the sweeper look
+            # for (tasks.ordering.apply_pending_keys). Small: only wallets behind.
+            models.Index(
+                fields=["id"],
+                condition=Q(last_applied_seq__lt=F("last_seq")),
+                name="wallets_wallet_pending_idx",
+            ),
         ]
 
     def __str__(self) -> str:

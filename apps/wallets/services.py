@@ -22,7 +22,14 @@ from django.utils import timezone
 from apps.core.errors import ErrorCode, SurgeError
 from tasks.context import get_request_id
 from tasks.models.ordering import CommandStatus
-from tasks.ordering import ApplyOutcome, ApplyReport, accept_command, apply_pending
+from tasks.ordering import (
+    ApplyOutcome,
+    ApplyReport,
+    PendingSignal,
+    accept_command,
+    apply_pending,
+    apply_pending_keys,
+)
 from tasks.outbox import outbox_enqueue
 
 from .errors import RejectionReason
@@ -31,6 +38,7 @@ from .models import MONEY_DECIMAL_PLACES, MONEY_MAX_DIGITS, Wallet, WalletTransa
 __all__ = [
     "APPLY_NAIVE_TASK",
     "APPLY_TASK",
+    "DRAIN_TASK",
     "ApplyMode",
     "DecidedTransaction",
     "amount_problem",
@@ -40,8 +48,10 @@ __all__ = [
     "transaction_apply_naive",
     "transaction_decide",
     "transactions_apply",
+    "transactions_drain",
     "wallet_applied_notify",
     "wallet_create",
+    "wallets_sweep",
 ]
 
 logger = logging.getLogger(__name__)
@@ -49,10 +59,15 @@ logger = logging.getLogger(__name__)
 # The names of the tasks in tasks.py: the outbox publishes by name.
 APPLY_TASK = "wallets.apply"
 APPLY_NAIVE_TASK = "wallets.apply_naive"
-# Accepts of one wallet share one pending applier message within this many seconds. Short:
-# a shared message lost with its worker is redelivered only after the visibility timeout,
-# and the accepts of the next window publish a fresh one in the meantime.
-APPLY_COALESCE_WINDOW_S = 2
+# The drain of every wallet's pending transactions (see `transactions_drain`).
+DRAIN_TASK = "wallets.drain"
+DRAIN_QUEUE = "high"
+DRAIN_SIGNAL = PendingSignal("wallets", ttl_ms=10_000)
+# Wallets decided per pass transaction, the shortest time between two passes' starts,
+# and how long one drain task runs before it hands over to a fresh message.
+DRAIN_MAX_WALLETS = 100
+DRAIN_PASS_INTERVAL_S = 0.025
+DRAIN_BUDGET_S = 5.0
 # Commands decided per applier run (one transaction); a full batch re-enqueues the task.
 APPLY_BATCH_SIZE = 200
 
@@ -126,8 +141,10 @@ def transaction_accept(
     """Accept one deposit or withdrawal: durable, with the wallet's next `seq`, pending.
 
     Invariants: the seq is assigned in this transaction (gapless, in acceptance order, see
-    `tasks.ordering.assign_seq`), and the row commits together with the outbox entry of
-    its applier, so an accepted transaction is always applied eventually. With `owner_id`,
+    `tasks.ordering.assign_seq`), and the pending row is itself the durable record of the
+    work: after the commit `_drain_wake` has a drain decide it, and `wallets_sweep` wakes
+    one for any pending wallet whose wake went missing, so an accepted transaction is
+    always applied eventually. With `owner_id`,
     a wallet of another owner is a 404 found under the wallet's row lock (the transaction
     rolls back, its seq with it), which spares the request a separate ownership query;
     without it, the caller has authorised `wallet_id` (`selectors.wallet_get_for_user`).
@@ -145,16 +162,13 @@ def transaction_accept(
                 apply_task=None,
                 fields={"kind": kind, "amount": amount, "request_id": get_request_id() or ""},
             )
-            # Read under the row lock `assign_seq` took: see `_applier_enqueue`.
-            wallet_owner_id, last_applied_seq = (
-                Wallet.objects.filter(pk=wallet_id)
-                .values_list("owner_id", "last_applied_seq")
-                .get()
+            wallet_owner_id = (
+                Wallet.objects.filter(pk=wallet_id).values_list("owner_id", flat=True).get()
             )
             if owner_id is not None and wallet_owner_id != owner_id:
                 raise Wallet.DoesNotExist  # rolls back the seq and the command
             if mode == ApplyMode.ORDERED:
-                _applier_enqueue(wallet_id=wallet_id, last_applied_seq=last_applied_seq)
+                transaction.on_commit(_drain_wake)
             else:
                 outbox_enqueue(APPLY_NAIVE_TASK, args=[accepted.pk])
     except Wallet.DoesNotExist:
@@ -162,31 +176,136 @@ def transaction_accept(
     return accepted
 
 
-def _applier_enqueue(*, wallet_id: int, last_applied_seq: int) -> None:
-    """Have an applier run for `wallet_id` after this transaction commits, unless one that
-    will see this transaction's command is on its way already.
+def _drain_wake() -> None:
+    """After the accepting commit: have a drain of the wallets' pending transactions run.
 
-    Runs in the accepting transaction, after `assign_seq` (which holds the wallet's row
-    lock until commit), with the wallet's `last_applied_seq` N as read under that lock.
-    The outbox key names the wallet and N. If an accept that committed earlier enqueued
-    the same key, no applier has decided anything since: any run after that commit finds
-    that command's seq and every one before it committed, so it decides at least one and
-    moves N. That applier has yet to take the lock, then: it runs after this commit and
-    sees this command too. Under load, accepts that arrive while the wallet's applier is
-    behind share one message instead of one each; when the applier keeps up, N moves
-    between accepts and each gets its own.
-
-    The key also names a short time window, so a shared message that went wrong (its worker
-    died and the broker holds it until the visibility timeout, or it ended as a dead letter
-    after an outage and N stays put) holds back only the accepts of its own window: the
-    next window's accepts enqueue afresh.
+    Publishes one `wallets.drain` when none is on its way, else asks the running one for
+    another pass (`tasks.ordering.PendingSignal`); at 500 accepts/s that is a handful of
+    drain tasks per second instead of one apply task per transaction. Never raises: the
+    transaction is durable and pending already, and `wallets_sweep` (beat) wakes a drain
+    whenever the database shows a pending wallet, so a wake lost here (a crash between
+    commit and this call, Redis down) delays the apply by a sweep interval, never loses it.
     """
-    window = int(time.time() // APPLY_COALESCE_WINDOW_S)
-    outbox_enqueue(
-        APPLY_TASK,
-        args=[wallet_id],
-        key=f"{APPLY_TASK}:{wallet_id}:after:{last_applied_seq}:{window}",
+    try:
+        if DRAIN_SIGNAL.notify():
+            _drain_publish()
+    except Exception:
+        logger.warning("wallets: drain wake failed; the sweeper will wake it", exc_info=True)
+
+
+def _drain_publish() -> None:
+    from config.celery import app
+
+    app.send_task(DRAIN_TASK, queue=DRAIN_QUEUE)
+
+
+def transactions_drain(*, budget_s: float | None = None) -> int:
+    """The drain: passes over the wallets with pending transactions until a pass finds
+    none and nobody asked for another (see `tasks.ordering.PendingSignal`). Returns how
+    many transactions it decided.
+
+    Each pass decides up to `DRAIN_MAX_WALLETS` wallets in one transaction
+    (`apply_pending_keys`); passes begin at least `DRAIN_PASS_INTERVAL_S` apart, so under
+    load a pass takes what a few dozen accepts left (the sleep costs no CPU, and bounds
+    what it adds to accept -> applied). After `budget_s` the drain hands over to a fresh
+    message (it still holds the signal, so no accept publishes meanwhile). A pass that
+    raises is retried wallet by wallet, so one wallet whose transaction cannot be decided
+    does not hold back the others: it is left to its own `wallets.apply` task (through
+    the outbox, so its retries and dead letter are that task's), and skipped by this drain.
+    """
+    budget_s = DRAIN_BUDGET_S if budget_s is None else budget_s
+    deadline = time.monotonic() + budget_s
+    total = 0
+    failed: set[int] = set()
+    while True:
+        began = time.monotonic()
+        DRAIN_SIGNAL.begin_pass()
+        decided = _drain_pass(failed)
+        total += decided
+        if not decided and not DRAIN_SIGNAL.finish():
+            return total
+        if time.monotonic() >= deadline:
+            _drain_publish()
+            return total
+        pause = DRAIN_PASS_INTERVAL_S - (time.monotonic() - began)
+        if pause > 0:
+            time.sleep(pause)
+
+
+def _drain_pass(failed: set[int]) -> int:
+    """One pass, as many rounds of `DRAIN_MAX_WALLETS` as there are pending wallets."""
+    decided = 0
+    while True:
+        try:
+            reports = apply_pending_keys(
+                key_model=Wallet,
+                command_model=WalletTransaction,
+                apply=transaction_decide,
+                max_keys=DRAIN_MAX_WALLETS,
+                batch_size=APPLY_BATCH_SIZE,
+                command_fields=["balance_after"],
+                exclude=sorted(failed),
+                on_decided=_notify_decided,
+            )
+        except Exception:
+            logger.exception("wallets: drain pass failed; applying wallet by wallet")
+            return decided + _drain_one_by_one(failed)
+        decided += sum(report.decided for report in reports)
+        if len(reports) < DRAIN_MAX_WALLETS:
+            return decided
+
+
+def _drain_one_by_one(failed: set[int]) -> int:
+    decided = 0
+    pending = (
+        Wallet.objects.filter(last_applied_seq__lt=F("last_seq"))
+        .exclude(pk__in=failed)
+        .values_list("pk", "last_applied_seq")
     )
+    for wallet_id, last_applied_seq in list(pending):
+        try:
+            decided += transactions_apply(wallet_id=wallet_id).decided
+        except Exception:
+            logger.exception("wallets: wallet %s cannot be applied; left to its task", wallet_id)
+            failed.add(wallet_id)
+            outbox_enqueue(
+                APPLY_TASK,
+                args=[wallet_id],
+                key=f"{APPLY_TASK}:{wallet_id}:failed-after:{last_applied_seq}",
+            )
+    return decided
+
+
+def _notify_decided(wallet: Wallet, commands: list[WalletTransaction]) -> None:
+    decided = []
+    for command in commands:
+        assert command.balance_after is not None
+        decided.append(
+            DecidedTransaction(
+                id=command.pk,
+                seq=command.seq,
+                status=command.status,
+                reason=command.reason,
+                balance_after=command.balance_after,
+                request_id=command.request_id,
+            )
+        )
+    wallet_applied_notify(wallet_id=wallet.pk, owner_id=wallet.owner_id, decided=decided)
+
+
+def wallets_sweep() -> bool:
+    """Beat: wake a drain when the database shows a wallet with pending transactions.
+
+    The net under `_drain_wake`: a wake lost with a crash or a Redis outage, a drain that
+    died holding the signal (its lease runs out, then this publishes a fresh one). Cheap
+    when nothing is pending: one probe of a partial index. Returns True if it published.
+    """
+    if not Wallet.objects.filter(last_applied_seq__lt=F("last_seq")).exists():
+        return False
+    if DRAIN_SIGNAL.notify():
+        _drain_publish()
+        return True
+    return False
 
 
 def transaction_decide(wallet: Wallet, command: WalletTransaction) -> ApplyOutcome:

@@ -15,6 +15,19 @@ def apply(wallet_id: int) -> None:
     services.transactions_apply(wallet_id=wallet_id)
 
 
+@shared_task(name="wallets.drain", base=SurgeTask)
+def drain() -> None:
+    """Decide every wallet's pending transactions, pass after pass, while accepts ask for
+    more (one message wakes it, see services.transactions_drain)."""
+    services.transactions_drain()
+
+
+@shared_task(name="wallets.sweep", ignore_result=True)
+def sweep() -> None:
+    """Beat: wake a drain when a wallet has pending transactions (a lost wake's net)."""
+    services.wallets_sweep()
+
+
 @shared_task(name="wallets.apply_naive", base=SurgeTask)
 def apply_naive(transaction_id: int) -> None:
     """The seed lab's unordered variant (`WALLETS_APPLY_MODE=naive`): wrong on purpose."""

@@ -23,8 +23,10 @@ from tasks.ordering import (
     ApplyOutcome,
     ApplyReport,
     OrderingError,
+    PendingSignal,
     accept_command,
     apply_pending,
+    apply_pending_keys,
     assign_seq,
 )
 from tests.toolkit_app.models.ordering import Account, AccountCommand
@@ -272,6 +274,143 @@ def test_contract_errors_are_loud() -> None:
 @pytest.mark.django_db
 def test_a_missing_key_is_a_quiet_no_op() -> None:
     assert _apply(987654321) == ApplyReport(key_id=987654321, key_found=False)
+
+
+# --- many keys in one pass -------------------------------------------------------------------
+
+
+def _apply_keys(**kwargs: Any) -> list[ApplyReport]:
+    return apply_pending_keys(
+        key_model=Account,
+        command_model=AccountCommand,
+        apply=kwargs.pop("apply", apply_account_command),
+        command_fields=["balance_after"],
+        **kwargs,
+    )
+
+
+@pytest.mark.django_db
+def test_many_keys_in_one_pass_match_the_sequential_model() -> None:
+    rng = random.Random(3)
+    accounts = [Account.objects.create(balance=5) for _ in range(6)]
+    idle = Account.objects.create()
+    accepted: dict[int, list[tuple[int, str, int]]] = defaultdict(list)
+    for _ in range(120):
+        account = rng.choice(accounts)
+        kind, amount = rng.choice([ADD, SUBTRACT]), rng.randint(1, 20)
+        accepted[account.pk].append((_accept(account.pk, kind, amount), kind, amount))
+    seen: list[tuple[int, list[int]]] = []
+
+    reports = _apply_keys(on_decided=lambda key, cmds: seen.append((key.pk, [c.seq for c in cmds])))
+    assert sorted(r.key_id for r in reports) == sorted(accepted)  # never the idle key
+    assert sum(r.decided for r in reports) == 120
+    for account in accounts:
+        balance, expected = _model(5, accepted[account.pk])
+        assert _stored(account.pk) == expected
+        account.refresh_from_db()
+        assert (account.balance, account.last_applied_seq) == (balance, len(expected))
+    assert sorted(seen) == sorted((pk, [s for s, _, _ in rows]) for pk, rows in accepted.items())
+    assert Account.objects.get(pk=idle.pk).last_applied_seq == 0
+    before = _snapshot()
+    assert _apply_keys() == []  # nothing pending: nothing locked, nothing written
+    assert _snapshot() == before
+
+
+@pytest.mark.django_db
+def test_many_keys_stop_at_a_gap_and_respect_the_batch_and_the_key_limit() -> None:
+    gap, full, third = (Account.objects.create() for _ in range(3))
+    _accept(gap.pk, ADD, 1)
+    AccountCommand.objects.create(account_id=gap.pk, seq=3, kind=ADD, amount=5)
+    Account.objects.filter(pk=gap.pk).update(last_seq=3)  # seq 2 is not visible yet
+    for _ in range(5):
+        _accept(full.pk, ADD, 1)
+    _accept(third.pk, ADD, 1)
+
+    reports = {r.key_id: r for r in _apply_keys(batch_size=2, max_keys=2)}
+    assert sorted(reports) == sorted([gap.pk, full.pk])  # the lowest ids first
+    assert (reports[gap.pk].decided, reports[gap.pk].waiting_for_seq) == (1, 2)
+    assert (reports[full.pk].decided, reports[full.pk].has_more) == (2, True)
+    reports = {r.key_id: r for r in _apply_keys(batch_size=2, exclude=[gap.pk])}
+    assert sorted(reports) == sorted([full.pk, third.pk])
+    assert _stored(gap.pk)[1] == (3, CommandStatus.PENDING, "", None)
+
+
+@pytest.mark.django_db
+def test_a_pass_costs_the_same_statements_for_one_key_or_many() -> None:
+    def statements(keys: int) -> list[str]:
+        accounts = [Account.objects.create() for _ in range(keys)]
+        for account in accounts:
+            _accept(account.pk, ADD, 2)
+            _accept(account.pk, SUBTRACT, 1)
+        with CaptureQueriesContext(connection) as queries:
+            assert sum(r.decided for r in _apply_keys()) == 2 * keys
+        return [q["sql"].split()[0] for q in queries.captured_queries]
+
+    assert statements(1) == statements(40) == [
+        "SAVEPOINT", "SELECT", "SELECT", "UPDATE", "UPDATE", "RELEASE"
+    ]  # fmt: skip
+
+
+@pytest.mark.django_db
+def test_a_callback_exception_rolls_back_the_whole_pass() -> None:
+    first, second = Account.objects.create(), Account.objects.create()
+    _accept(first.pk, ADD, 1)
+    _accept(second.pk, ADD, 1)
+
+    def explode_on_second(key: Account, command: AccountCommand) -> ApplyOutcome:
+        if key.pk == second.pk:
+            raise ValueError("the callback failed")
+        return apply_account_command(key, command)
+
+    before = _snapshot()
+    with pytest.raises(ValueError, match="failed"):
+        _apply_keys(apply=explode_on_second)
+    assert _snapshot() == before
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pass_skips_a_key_another_applier_holds() -> None:
+    held, free = Account.objects.create(), Account.objects.create()
+    _accept(held.pk, ADD, 1)
+    _accept(free.pk, ADD, 2)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with transaction.atomic():
+            list(Account.objects.select_for_update().filter(pk=held.pk))
+            locked.set()
+            assert release.wait(30)
+
+    with ThreadPoolExecutor(1) as pool:
+        holder = pool.submit(_in_thread(hold))
+        assert locked.wait(30)
+        try:
+            assert [r.key_id for r in _apply_keys()] == [free.pk]  # did not wait
+        finally:
+            release.set()
+        holder.result()
+    assert [r.key_id for r in _apply_keys()] == [held.pk]
+
+
+def test_a_pending_signal_ends_only_when_nobody_asked_again(
+    private_redis: PrivateRedis,
+) -> None:
+    client = redis.Redis.from_url(private_redis.url)
+    signal = PendingSignal(f"test-{random.getrandbits(32):x}", ttl_ms=60_000, client=client)
+    assert signal.notify()  # nobody drains: this caller publishes
+    assert not signal.notify()  # a drain is on its way
+    signal.begin_pass()  # the pass sees everything notified before it began
+    assert not signal.notify()  # committed after the pass began: ...
+    assert signal.finish()  # ... so the drain must pass again
+    signal.begin_pass()
+    assert not signal.finish()  # nothing since: the drain ends
+    assert signal.notify()  # and the next notify publishes a new one
+    # A drain that died holding the signal holds it back only until its lease expires.
+    short = PendingSignal(f"test-{random.getrandbits(32):x}", ttl_ms=50, client=client)
+    assert short.notify()
+    assert not short.notify()
+    wait_for(short.notify, timeout=5, interval=0.02, what="the lease to expire")
+    client.delete(*signal.keys, *short.keys)
 
 
 # --- concurrency, in-process ----------------------------------------------------------------

@@ -3,8 +3,10 @@ sequential model, the naive variant's failure, and the verify action."""
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -90,29 +92,140 @@ def test_the_applier_matches_the_sequential_model(wallet: Wallet, caplog: Any) -
     assert stored_decisions(wallet.pk) == before
 
 
-def test_accepts_share_one_applier_message_until_it_has_run(
-    wallet: Wallet, monkeypatch: Any
+def _drains_queued() -> int:
+    """`wallets.drain` messages waiting in the broker's `high` queue."""
+    from apps.core.redis import get_redis
+
+    return sum(
+        json.loads(raw)["headers"]["task"] == services.DRAIN_TASK
+        for raw in get_redis().lrange(services.DRAIN_QUEUE, 0, -1)
+    )
+
+
+@pytest.fixture
+def drain_signal_free() -> Iterator[None]:
+    from apps.core.redis import get_redis
+
+    get_redis().delete(*services.DRAIN_SIGNAL.keys)
+    yield
+    get_redis().delete(*services.DRAIN_SIGNAL.keys)
+
+
+def test_accepts_wake_one_drain_until_it_has_finished(
+    wallet: Wallet, drain_signal_free: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    before = _drains_queued()
+    for _ in range(3):
+        with django_capture_on_commit_callbacks(execute=True):
+            _accept(wallet, DEPOSIT, "1.00")
+    # One drain message for the three: the later accepts asked it for another pass.
+    assert _drains_queued() == before + 1
+    # A pass began after those accepts (so it sees them), found them all, and the drain
+    # ended: the next accept wakes a new one.
+    assert services.transactions_drain() == 3
+    with django_capture_on_commit_callbacks(execute=True):
+        _accept(wallet, DEPOSIT, "1.00")
+    assert _drains_queued() == before + 2
+    # An accept that rolls back wakes nothing.
+    with (
+        django_capture_on_commit_callbacks(execute=True),
+        pytest.raises(RuntimeError),
+        transaction.atomic(),
+    ):
+        _accept(wallet, DEPOSIT, "1.00")
+        raise RuntimeError
+    assert _drains_queued() == before + 2
+
+
+def test_an_accept_during_a_pass_gets_another_pass(wallet: Wallet, drain_signal_free: None) -> None:
+    signal = services.DRAIN_SIGNAL
+    assert signal.notify()  # this caller publishes the drain
+    signal.begin_pass()
+    assert not signal.notify()  # an accept committed after the pass began
+    assert signal.finish()  # ... so the drain goes again
+    signal.begin_pass()
+    assert not signal.finish()  # nothing since: the drain ends and frees the signal
+    assert signal.notify()
+
+
+def test_the_drain_matches_the_sequential_model_over_many_wallets(
+    wallet: Wallet, drain_signal_free: None, caplog: Any
+) -> None:
+    rng = random.Random(5)
+    wallets = [wallet] + [services.wallet_create(owner_id=wallet.owner_id) for _ in range(7)]
+    accepted: dict[int, list[tuple[int, str, Decimal]]] = {w.pk: [] for w in wallets}
+    for _ in range(240):
+        target = rng.choice(wallets)
+        kind = rng.choice([DEPOSIT, WITHDRAWAL])
+        accepted[target.pk].append(_accept(target, kind, f"{rng.randint(1, 5000) / 100:.2f}"))
+    with caplog.at_level(logging.DEBUG, logger="apps.wallets.services"):
+        assert services.transactions_drain() == 240
+    for target in wallets:
+        balance, expected = sequential_model(accepted[target.pk])
+        assert stored_decisions(target.pk) == expected
+        target.refresh_from_db()
+        assert (target.balance, target.last_applied_seq) == (balance, len(expected))
+    hooks = [r.getMessage() for r in caplog.records if r.getMessage().startswith("wallet.applied")]
+    assert len(hooks) == len(wallets)  # once per wallet, after the commit
+    assert all(check.ok for check in selectors.wallet_verify(wallet_ids=list(accepted)))
+    assert services.transactions_drain() == 0
+
+
+def test_a_drain_pass_costs_the_same_statements_for_one_wallet_or_many(
+    wallet: Wallet, drain_signal_free: None
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def statements(count: int) -> int:
+        wallets = [services.wallet_create(owner_id=wallet.owner_id) for _ in range(count)]
+        for target in wallets:
+            _accept(target, DEPOSIT, "2.00")
+            _accept(target, WITHDRAWAL, "1.00")
+        with CaptureQueriesContext(connection) as queries:
+            assert services.transactions_drain() == 2 * count
+        return len(queries)
+
+    assert statements(1) == statements(30)
+
+
+def test_a_wallet_that_cannot_be_decided_does_not_hold_back_the_others(
+    wallet: Wallet, drain_signal_free: None, monkeypatch: Any
 ) -> None:
     from tasks.models import OutboxMessage
 
-    monkeypatch.setattr(services, "APPLY_COALESCE_WINDOW_S", 10**9)  # one window
-
-    def appliers() -> list[list[int]]:
-        rows = OutboxMessage.objects.filter(task_name="wallets.apply").order_by("pk")
-        return [row.args for row in rows]
-
-    for _ in range(3):
-        _accept(wallet, DEPOSIT, "1.00")
-    # None of the three has been applied: one applier message will see them all.
-    assert appliers() == [[wallet.pk]]
-    services.transactions_apply(wallet_id=wallet.pk)
-    _accept(wallet, DEPOSIT, "1.00")
-    _accept(wallet, DEPOSIT, "1.00")
-    # The first applier has run (last_applied_seq moved): the next accepts need a new one.
-    assert appliers() == [[wallet.pk], [wallet.pk]]
     other = services.wallet_create(owner_id=wallet.owner_id)
-    _accept(other, DEPOSIT, "1.00")
-    assert appliers() == [[wallet.pk], [wallet.pk], [other.pk]]
+    _accept(wallet, DEPOSIT, "3.00")
+    _accept(other, DEPOSIT, "4.00")
+    decide = services.transaction_decide
+
+    def broken(target: Wallet, command: WalletTransaction) -> Any:
+        if target.pk == wallet.pk:
+            raise ZeroDivisionError("a bug")
+        return decide(target, command)
+
+    monkeypatch.setattr(services, "transaction_decide", broken)
+    assert services.transactions_drain() == 1
+    assert stored_decisions(other.pk) == [(1, "applied", "", Decimal("4.00"))]
+    assert stored_decisions(wallet.pk) == [(1, "pending", "", None)]
+    # Left to its own apply task, whose retries and dead letter are the task's.
+    rows = OutboxMessage.objects.filter(task_name=services.APPLY_TASK)
+    assert [row.args for row in rows] == [[wallet.pk]]
+    monkeypatch.setattr(services, "transaction_decide", decide)
+    assert services.transactions_apply(wallet_id=wallet.pk).decided == 1
+
+
+def test_the_sweeper_wakes_a_drain_only_for_pending_wallets(
+    wallet: Wallet, drain_signal_free: None
+) -> None:
+    before = _drains_queued()
+    assert not services.wallets_sweep()  # nothing pending
+    _accept(wallet, DEPOSIT, "1.00")  # its wake is lost (on_commit never runs here)
+    assert services.wallets_sweep()
+    assert _drains_queued() == before + 1
+    assert not services.wallets_sweep()  # a drain is on its way: it asks for a pass
+    assert services.transactions_drain() == 1
+    assert not services.wallets_sweep()
 
 
 def test_the_database_refuses_a_negative_balance_or_amount(wallet: Wallet) -> None:
