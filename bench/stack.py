@@ -51,10 +51,15 @@ class Stack:
         worker_concurrency: int = 2,
         extra_env: dict[str, str] | None = None,
         worker_nice: int = 10,
+        saga_procs: int = 1,
+        saga_concurrency: int = 16,
     ) -> None:
         self.web_workers = web_workers or (os.cpu_count() or 2) + 1
         self.worker_procs = worker_procs
         self.worker_concurrency = worker_concurrency
+        # The Procfile's worker_saga: saga turns on a threads pool (queue `saga`).
+        self.saga_procs = saga_procs
+        self.saga_concurrency = saga_concurrency
         self.worker_nice = worker_nice
         self.port = _free_port()
         self.web_url = f"http://127.0.0.1:{self.port}"
@@ -103,33 +108,26 @@ class Stack:
             ],
         )
         for index in range(self.worker_procs):
-            # Workers run at a lower CPU priority: on this one box they would otherwise
-            # compete with the web processes for the same two cores, and deferred work is
-            # meant to soak up what requests leave (in production they live on other hosts).
-            self._spawn(
-                f"worker{index}",
-                [
-                    "nice",
-                    "-n",
-                    str(self.worker_nice),
-                    str(BIN / "celery"),
-                    "-A",
-                    "config",
-                    "worker",
-                    "-Q",
-                    "high,default,bulk",
-                    "--concurrency",
-                    str(self.worker_concurrency),
-                    "--loglevel",
-                    "WARNING",
-                    "--hostname",
-                    f"bench{index}-{os.getpid()}@%h",
-                    "--without-mingle",
-                    "--without-gossip",
-                ],
-            )
+            self._spawn_worker(f"worker{index}", "high,default,bulk", "prefork",
+                               self.worker_concurrency)  # fmt: skip
+        for index in range(self.saga_procs):
+            self._spawn_worker(f"saga{index}", "saga", "threads", self.saga_concurrency)
         self._wait_ready()
         return self
+
+    def _spawn_worker(self, name: str, queues: str, pool: str, concurrency: int) -> None:
+        # Workers run at a lower CPU priority: on this one box they would otherwise
+        # compete with the web processes for the same two cores, and deferred work is
+        # meant to soak up what requests leave (in production they live on other hosts).
+        self._spawn(
+            name,
+            [
+                "nice", "-n", str(self.worker_nice), str(BIN / "celery"), "-A", "config",
+                "worker", "-Q", queues, "--pool", pool, "--concurrency", str(concurrency),
+                "--loglevel", "WARNING", "--hostname", f"bench-{name}-{os.getpid()}@%h",
+                "--without-mingle", "--without-gossip",
+            ],
+        )  # fmt: skip
 
     def __exit__(self, *exc: object) -> None:
         for proc in self.procs:
@@ -170,7 +168,10 @@ class Stack:
         while time.monotonic() < deadline:
             try:
                 ready = requests.get(f"{self.web_url}/readyz", timeout=3)
-                if ready.status_code == 200 and ready.json().get("workers", 0) >= self.worker_procs:
+                if (
+                    ready.status_code == 200
+                    and ready.json().get("workers", 0) >= self.worker_procs + self.saga_procs
+                ):
                     return
             except requests.RequestException:
                 pass
@@ -217,5 +218,7 @@ class Stack:
         import redis
 
         client = redis.Redis.from_url(self.env["REDIS_URL"])
-        for queue in ("high", "default", "bulk"):
+        from config.celery import QUEUES
+
+        for queue in QUEUES:
             client.delete(queue)

@@ -14,6 +14,13 @@ app = Celery("surge")
 # so importing `config` stays cheap and free of side effects.
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
+# Saga turns spend most of their time waiting on other services (the payment gateway):
+# they have a queue of their own, consumed by a worker with a threads pool that waits on many
+# calls at once (Procfile `worker_saga`), so a slow gateway never holds the prefork workers'
+# processes, and bulk work never delays a saga (nor the other way round).
+SAGA_QUEUE = "saga"
+QUEUES = ("high", "default", "bulk", SAGA_QUEUE)
+
 # The longest hard time limit of any queue. The Redis transport re-delivers an unacked
 # message after `visibility_timeout`, so it must be longer than any task may run, or a
 # slow task would be handed to a second worker while the first is still at it.
@@ -44,9 +51,8 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     task_default_queue="default",
     # Each queue on its own exchange and key, so a route by exchange/key reaches one queue.
-    task_queues=[
-        Queue(name, Exchange(name), routing_key=name) for name in ("high", "default", "bulk")
-    ],
+    task_queues=[Queue(name, Exchange(name), routing_key=name) for name in QUEUES],
+    task_routes={"tasks.saga_advance": {"queue": SAGA_QUEUE}},
     task_default_exchange="default",
     task_default_routing_key="default",
     task_create_missing_queues=False,

@@ -41,6 +41,13 @@ rule delivers long retry delays (no broker ETA longer than `SAGA_COUNTDOWN_MAX`)
 advance messages, and resumes sagas whose runner died mid-step (the lease expires, the step
 still reads `running`, and the next runner counts it as a spent attempt).
 
+Where turns run. `tasks.saga_advance` is routed to the `saga` queue (config/celery.py), which
+the Procfile's `worker_saga` consumes with a threads pool: a turn mostly waits on the
+services its steps call, and threads wait on many at once. Each thread has its own database
+connection (tasks/signals.py recycles it around each task). A threads pool enforces no time
+limits; nothing here relies on them: a runner that outlives its lease finds it gone under
+the row lock and rolls back, and step functions bound their own calls (timeouts).
+
 Knobs (Django setting, else environment variable, else default): SAGA_BACKOFF_BASE (1 s),
 SAGA_BACKOFF_MAX (60 s), SAGA_COUNTDOWN_MAX (5 s), SAGA_RECOVER_AFTER (60 s: how long a queued
 advance may wait before the sweeper sends another), SAGA_STEP_TIME_LIMIT (60 s soft limit of a

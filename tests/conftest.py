@@ -24,6 +24,7 @@ from django.conf import settings
 from config.devservices import PrivateRedis
 
 from .harness import (
+    ALL_QUEUES,
     ApiClient,
     LiveProcess,
     database_url_of,
@@ -219,8 +220,8 @@ def live_worker(_session_worker: LiveProcess, transactional_db: None) -> LivePro
 def worker_pool(
     live_env: dict[str, str], transactional_db: None
 ) -> Iterator[Callable[..., list[LiveProcess]]]:
-    """`worker_pool(n, concurrency=1, queues="high,default,bulk", env=None)` starts n more
-    Celery worker processes (unique hostnames, this session's database and Redis, `env`
+    """`worker_pool(n, concurrency=1, queues=ALL_QUEUES, env=None, pool="prefork")` starts n
+    more Celery worker processes (unique hostnames, this session's database and Redis, `env`
     added to their environment) and returns them once all are ready; they are stopped
     when the test ends. They start in parallel: each takes seconds to import Django."""
     started: list[LiveProcess] = []
@@ -229,14 +230,15 @@ def worker_pool(
         n: int,
         *,
         concurrency: int = 1,
-        queues: str = "high,default,bulk",
+        queues: str = ALL_QUEUES,
         env: dict[str, str] | None = None,
+        pool: str = "prefork",
     ) -> list[LiveProcess]:
         batch = uuid.uuid4().hex[:8]
         processes = [
             LiveProcess(
                 f"worker-pool-{batch}-{i}",
-                worker_argv(f"pool-{batch}-{i}", queues=queues, concurrency=concurrency),
+                worker_argv(f"pool-{batch}-{i}", queues=queues, concurrency=concurrency, pool=pool),
                 env=live_env | (env or {}),
                 log_dir=LOG_DIR,
                 ready=worker_ready,

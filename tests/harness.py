@@ -60,13 +60,17 @@ def http_ready(url: str) -> bool:
         return False
 
 
+# Every queue of config/celery.py: a test worker serves all the Procfile's workers serve.
+ALL_QUEUES = "high,default,bulk,saga"
+
+
 def worker_argv(
-    hostname: str, *, queues: str = "high,default,bulk", concurrency: int = 2
+    hostname: str, *, queues: str = ALL_QUEUES, concurrency: int = 2, pool: str = "prefork"
 ) -> list[str]:
     """A Celery worker as the Procfile runs it (mingle/gossip off: faster, and tests never
-    need workers to know each other)."""
+    need workers to know each other). `pool="threads"` is how `worker_saga` runs."""
     return [
-        "celery", "-A", "config", "worker", "-Q", queues,
+        "celery", "-A", "config", "worker", "-Q", queues, "--pool", pool,
         "--concurrency", str(concurrency), "--loglevel", "INFO",
         "--hostname", f"{hostname}-{os.getpid()}@%h",
         "--without-mingle", "--without-gossip",

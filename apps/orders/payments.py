@@ -117,6 +117,7 @@ class PaymentRejected(PaymentError, Permanent):
 
 # --- Session ------------------------------------------------------------------------------
 
+_POOL_MAXSIZE = 64
 _session: requests.Session | None = None
 _session_pid: int | None = None
 _session_lock = threading.Lock()
@@ -131,8 +132,10 @@ def _get_session() -> requests.Session:
         with _session_lock:
             if _session is None or _session_pid != pid:
                 session = requests.Session()
-                # No retries here: the caller retries, with backoff, the same key.
-                adapter = HTTPAdapter(pool_connections=1, pool_maxsize=8, max_retries=0)
+                # No retries here: the caller retries, with backoff, the same key. Up to
+                # _POOL_MAXSIZE connections kept: the saga worker's threads (Procfile
+                # worker_saga) call at once; a smaller pool would reconnect for each.
+                adapter = HTTPAdapter(pool_connections=1, pool_maxsize=_POOL_MAXSIZE, max_retries=0)
                 session.mount("http://", adapter)
                 session.mount("https://", adapter)
                 _session, _session_pid = session, pid

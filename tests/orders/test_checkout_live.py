@@ -8,6 +8,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
@@ -208,6 +209,45 @@ def test_worker_killed_mid_storm(
     killer.join()
     drain(ids, timeout=200)
     assert_invariants(live_gateway, products, initial, ids, tokens)
+
+
+def test_storm_on_the_saga_threads_pool_with_a_kill(
+    live_web: LiveProcess,
+    live_worker: LiveProcess,
+    live_gateway: str,
+    worker_pool: Callable[..., list[LiveProcess]],
+) -> None:
+    """The workers as the Procfile runs them: saga turns only on a threads pool (queue
+    `saga`, many threads and database connections in one process), the rest on a prefork
+    worker. The threads worker is SIGKILLed mid-storm and started again: same invariants."""
+    live_worker.stop()  # the session's worker serves every queue: out of the way
+    worker_pool(1, queues="high,default,bulk")
+    (saga_worker,) = worker_pool(1, queues="saga", pool="threads", concurrency=8)
+    assert "(thread)" in saga_worker.log_text()
+    products, initial = make_products([40, 40, 40])
+    before_kill: list[str] = []
+
+    def kill_when_busy() -> None:
+        wait_for(
+            lambda: Order.objects.filter(status__in=("reserved", "paid")).exists(),
+            timeout=60,
+            interval=0.05,
+        )
+        connection.close()
+        saga_worker.kill()
+        before_kill.append(saga_worker.log_text())
+        time.sleep(0.5)
+        saga_worker.start()
+
+    killer = threading.Thread(target=kill_when_busy)
+    killer.start()
+    ids, tokens = storm(live_web.url or "", products, 120, seed=13)
+    killer.join()
+    drain(ids, timeout=200)
+    assert_invariants(live_gateway, products, initial, ids, tokens)
+    # Turns ran on the threads pool before the kill and after it (the restart logs anew).
+    assert "tasks.saga_advance" in before_kill[0]
+    assert "tasks.saga_advance" in saga_worker.log_text()
 
 
 def test_failing_void_parks_the_order_until_an_operator_retries(
