@@ -3,9 +3,9 @@ its 202 to its decision under a steady offered load.
 
 Rows:
 - backlog drain: `backlog` transactions stored pending over `wallets` wallets (inserted
-  directly), and one `wallets.apply` message per wallet, which is what acceptance leaves
-  behind an applier that is behind (accepts coalesce their messages); decided/s from the
-  first publish to the last decision.
+  directly, so no accept woke anything), then the sweeper's wake (`wallets_sweep`: one
+  `wallets.drain` message, as after an outage); decided/s from the wake to the last
+  decision.
 - open loop: `rate` POSTs/s offered over HTTP, spread evenly over the wallets, for
   `duration` s, by wrk paced with its `delay()` hook (`run_load(requests=..., rate=...,
   prefer="wrk")`: one rotation over every wallet's URL and a mix of bodies); accept ->
@@ -87,7 +87,6 @@ def _drain_backlog(wallet_ids: list[int], per_wallet: int, rng: random.Random) -
     from django.db.models import F
 
     from apps.wallets.models import Wallet, WalletTransaction
-    from config.celery import app
 
     kinds = [WalletTransaction.Kind.DEPOSIT, WalletTransaction.Kind.WITHDRAWAL]
     with transaction.atomic():
@@ -105,15 +104,13 @@ def _drain_backlog(wallet_ids: list[int], per_wallet: int, rng: random.Random) -
             batch_size=5000,
         )
         Wallet.objects.filter(pk__in=wallet_ids).update(last_seq=F("last_seq") + per_wallet)
-    # What acceptance leaves behind a busy applier: pending transactions and one applier
-    # message per wallet (accepts coalesce theirs, see services._applier_enqueue).
-    deliveries = list(wallet_ids)
-    rng.shuffle(deliveries)
+    from apps.core.redis import get_redis
+    from apps.wallets.services import DRAIN_SIGNAL, wallets_sweep
 
+    get_redis().delete(*DRAIN_SIGNAL.keys)  # a lease left by an earlier run
     started = time.perf_counter()
-    with app.producer_or_acquire() as producer:
-        for wallet_id in deliveries:
-            app.send_task("wallets.apply", args=[wallet_id], producer=producer)
+    if not wallets_sweep():
+        raise RuntimeError("wallets: the sweeper did not wake a drain")
     _wait_decided(wallet_ids)
     decided_s = time.perf_counter() - started
     total = len(wallet_ids) * per_wallet
@@ -236,8 +233,9 @@ def run(
             "| measure | value | detail |",
             "|---|---|---|",
             f"| backlog drain: decided/s | {drain['decided_rate']:,.0f} | "
-            f"{drain['total']:,} pending over {wallets} wallets, one apply message per wallet, "
-            f"batches of {APPLY_BATCH_SIZE}; all decided in {drain['decided_s']:.2f} s |",
+            f"{drain['total']:,} pending over {wallets} wallets, one drain woken by the "
+            f"sweeper, batches of {APPLY_BATCH_SIZE} per wallet; all decided in "
+            f"{drain['decided_s']:.2f} s |",
             f"| open loop: offered | {rate:,.0f}/s | {result.duration_s:.0f} s after a 1 s "
             f"warm-up, {rate / wallets:.1f}/s per wallet |",
             f"| open loop: sent | {sent / result.duration_s:,.0f}/s | {result.late:,} sent more "
