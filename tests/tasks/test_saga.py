@@ -24,6 +24,7 @@ from tasks.saga import (
     STEP_MACHINE,
     NotCancellable,
     Step,
+    StepFailed,
     define_saga,
     saga_advance,
     saga_cancel,
@@ -705,3 +706,74 @@ def test_worker_killed_mid_turn_resumes_at_the_step_it_was_running(
     ]
     assert _effects(saga) == FULL_EFFECTS
     assert _ledger(saga).reserved == 1
+
+
+# --- Steps skipped from the start ---------------------------------------------------------
+
+
+def _note(name: str) -> Any:
+    def run(ctx: Any) -> dict[str, Any]:
+        if ctx.context.get("fail") == name:
+            raise StepFailed(f"{name}_refused")
+        return {f"ran_{name}": True}
+
+    return run
+
+
+SKIPPABLE = define_saga(
+    "toolkit.skippable",
+    steps=[
+        Step(
+            "maybe",
+            forward=_note("maybe"),
+            compensate=_note("undo_maybe"),
+            compensate_name="undo_maybe",
+            skip_if=lambda context: bool(context.get("skip")),
+        ),
+        Step("always", forward=_note("always"), compensate=_note("undo_always")),
+        Step("last", forward=_note("last")),
+    ],
+)
+
+
+def _start_skippable(**context: Any) -> Saga:
+    return saga_start(
+        kind="toolkit.skippable", ref=uuid.uuid4().hex, context=context, publish=False
+    )
+
+
+@pytest.mark.django_db
+def test_a_step_skipped_at_start_never_runs_and_the_saga_completes() -> None:
+    saga = _start_skippable(skip=True)
+    assert _rows(saga)[0] == ("forward", "maybe", "skipped", 0)
+
+    assert saga_advance(saga_id=saga.pk, budget=60) is True
+
+    saga = Saga.objects.get(pk=saga.pk)
+    assert saga.status == S.COMPLETED
+    assert _rows(saga) == [
+        ("forward", "maybe", "skipped", 0),
+        ("forward", "always", "succeeded", 1),
+        ("forward", "last", "succeeded", 1),
+    ]
+    assert "ran_maybe" not in saga.context and saga.context["ran_last"] is True
+
+
+@pytest.mark.django_db
+def test_a_skipped_step_is_not_compensated_and_an_unskipped_one_runs() -> None:
+    skipped = _start_skippable(skip=True, fail="last")
+    ran = _start_skippable(skip=False, fail="last")
+
+    for saga in (skipped, ran):
+        assert saga_advance(saga_id=saga.pk, budget=60) is True
+
+    skipped, ran = Saga.objects.get(pk=skipped.pk), Saga.objects.get(pk=ran.pk)
+    assert skipped.status == ran.status == S.FAILED
+    assert [r[1:3] for r in _rows(skipped) if r[0] == "compensation"] == [
+        ("undo_always", "succeeded")
+    ]
+    assert [r[1:3] for r in _rows(ran) if r[0] == "compensation"] == [
+        ("undo_always", "succeeded"),
+        ("undo_maybe", "succeeded"),
+    ]
+    assert ran.context["ran_maybe"] is True
