@@ -515,13 +515,13 @@ class _LeaseLost(Exception):
 def _begin_turn(turn: _Turn) -> _Work | None:
     """Takes the lease and starts the first step, in one transaction: a second runner's
     conditional UPDATE waits for this row lock and then finds the lease taken."""
-    lease = timedelta(seconds=LEASE_SECONDS)
     with transaction.atomic():
-        taken = (
-            Saga.objects.filter(pk=turn.saga_id, status__in=RUNNABLE)
-            .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=Now()))
-            .update(lease_token=turn.token, lease_until=Now() + lease, wake_at=Now() + lease)
-        )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _TAKE_SQL,
+                [turn.token, LEASE_SECONDS, LEASE_SECONDS, turn.saga_id, _RUNNABLE_VALUES],
+            )
+            taken = cursor.rowcount
         if not taken:
             return None
         saga = _locked(turn.saga_id, turn.token)
@@ -550,6 +550,15 @@ _SAVE_SQL = (
     "lease_token = %s, lease_until = %s, wake_at = %s, finished_at = %s, updated_at = %s "
     "WHERE id = %s"
 )
+# The lease, taken only from a runnable saga whose lease is free or expired.
+_TAKE_SQL = (
+    f"UPDATE {_SAGA_TABLE} SET lease_token = %s, "
+    "lease_until = STATEMENT_TIMESTAMP() + %s * INTERVAL '1 second', "
+    "wake_at = STATEMENT_TIMESTAMP() + %s * INTERVAL '1 second' WHERE id = %s "
+    "AND status = ANY(%s) "
+    "AND (lease_until IS NULL OR lease_until < STATEMENT_TIMESTAMP())"
+)
+_RUNNABLE_VALUES = [str(status.value) for status in RUNNABLE]
 _STEP_SQL = (
     f"UPDATE {_STEP_TABLE} SET status = %s, attempts = %s, error = %s, started_at = %s, "
     "finished_at = %s, at = %s WHERE id = %s"
