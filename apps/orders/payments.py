@@ -24,6 +24,7 @@ gets 1 s). The card token is sent to the gateway and never logged.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -132,6 +133,12 @@ def _get_session() -> requests.Session:
         with _session_lock:
             if _session is None or _session_pid != pid:
                 session = requests.Session()
+                # requests would read proxy settings from the environment at every call
+                # (a scan of os.environ each time): `_proxies_for` reads them once per URL.
+                session.trust_env = False
+                session.verify = (
+                    os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+                )
                 # No retries here: the caller retries, with backoff, the same key. Up to
                 # _POOL_MAXSIZE connections kept: the saga worker's threads (Procfile
                 # worker_saga) call at once; a smaller pool would reconnect for each.
@@ -140,6 +147,12 @@ def _get_session() -> requests.Session:
                 session.mount("https://", adapter)
                 _session, _session_pid = session, pid
     return _session
+
+
+@functools.lru_cache(maxsize=8)
+def _proxies_for(base_url: str) -> dict[str, str]:
+    """The environment's proxies (HTTP_PROXY, NO_PROXY...) for the gateway's URL."""
+    return dict(requests.utils.get_environ_proxies(base_url))
 
 
 def _forget_session_after_fork() -> None:
@@ -221,6 +234,7 @@ def _post(
             base_url.rstrip("/") + path,
             json=body,
             headers={"Idempotency-Key": idempotency_key},
+            proxies=_proxies_for(base_url),
             timeout=(CONNECT_TIMEOUT_S, read_timeout),
         )
     # Timeout first: a connect timeout is also a ConnectionError.
