@@ -119,9 +119,14 @@ class Stack:
         # Workers run at a lower CPU priority: on this one box they would otherwise
         # compete with the web processes for the same two cores, and deferred work is
         # meant to soak up what requests leave (in production they live on other hosts).
+        # Each process here starts a session of its own, and with the kernel's autogroup
+        # scheduling (sched_autogroup_enabled) a session's nice value only ranks its own
+        # processes: between sessions it is the autogroup's nice that counts, so it is set.
         self._spawn(
             name,
             [
+                "sh", "-c", 'echo "$0" > /proc/self/autogroup 2>/dev/null; exec "$@"',
+                str(self.worker_nice),
                 "nice", "-n", str(self.worker_nice), str(BIN / "celery"), "-A", "config",
                 "worker", "-Q", queues, "--pool", pool, "--concurrency", str(concurrency),
                 "--loglevel", "WARNING", "--hostname", f"bench-{name}-{os.getpid()}@%h",
