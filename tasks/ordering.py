@@ -257,17 +257,11 @@ def apply_pending(
             key.last_applied_seq = command.seq
             decided.append(command)
 
-        last = key.last_applied_seq
-        waiting_for = None
-        has_more = False
-        if last < key.last_seq:
-            if len(decided) == batch_size:
-                has_more = True
-            else:
-                waiting_for = last + 1
-                logger.info(
-                    "ordering: %s %s waits for seq %s", key_model._meta.label, key_id, last + 1
-                )
+        has_more, waiting_for = _progress(key, len(decided), batch_size)
+        if waiting_for is not None:
+            logger.info(
+                "ordering: %s %s waits for seq %s", key_model._meta.label, key_id, waiting_for
+            )
         if decided:
             _write_decisions(command_model, decided, extra_fields, timezone.now(), using)
             key.save(using=using, update_fields=_key_save_fields(key_model))
@@ -277,7 +271,7 @@ def apply_pending(
         key_id=key_id,
         applied=applied,
         rejected=rejected,
-        last_applied_seq=last,
+        last_applied_seq=key.last_applied_seq,
         has_more=has_more,
         waiting_for_seq=waiting_for,
     )
@@ -345,20 +339,13 @@ def apply_pending_keys(
         changed: list[K] = []
         for key in keys:
             decided = _decide(key, by_key[key.pk], apply)
-            last = key.last_applied_seq
-            waiting_for = None
-            has_more = False
-            if last < key.last_seq:
-                if len(decided) == batch_size:
-                    has_more = True
-                else:
-                    waiting_for = last + 1
+            has_more, waiting_for = _progress(key, len(decided), batch_size)
             reports.append(
                 ApplyReport(
                     key_id=key.pk,
                     applied=sum(1 for c in decided if c.status == CommandStatus.APPLIED),
                     rejected=sum(1 for c in decided if c.status == CommandStatus.REJECTED),
-                    last_applied_seq=last,
+                    last_applied_seq=key.last_applied_seq,
                     has_more=has_more,
                     waiting_for_seq=waiting_for,
                 )
@@ -375,6 +362,16 @@ def apply_pending_keys(
         for key, decided in done:
             on_decided(key, decided)
     return reports
+
+
+def _progress(key: OrderedKey, decided: int, batch_size: int) -> tuple[bool, int | None]:
+    """After a pass over `key`: (has_more, waiting_for_seq). Commands remain either because
+    the batch was full (run again) or because the next seq is not visible yet (a gap)."""
+    if key.last_applied_seq >= key.last_seq:
+        return False, None
+    if decided == batch_size:
+        return True, None
+    return False, key.last_applied_seq + 1
 
 
 def _decide(key: K, commands: Sequence[C], apply: Callable[[K, C], ApplyOutcome]) -> list[C]:
