@@ -58,6 +58,7 @@ worker for long while others wait), SAGA_WAKE_BATCH (500).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -531,17 +532,11 @@ def _begin_turn(turn: _Turn) -> _Work | None:
     """Takes the lease and starts the first step, in one transaction: a second runner's
     conditional UPDATE waits for this row lock and then finds the lease taken."""
     with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(
-                _TAKE_SQL,
-                [turn.token, LEASE_SECONDS, LEASE_SECONDS, turn.saga_id, _RUNNABLE_VALUES],
-            )
-            taken = cursor.rowcount
-        if not taken:
+        saga = _fetch_saga(
+            _TAKE_SQL, [turn.token, LEASE_SECONDS, LEASE_SECONDS, turn.saga_id, _RUNNABLE_VALUES]
+        )
+        if saga is None:
             return None
-        saga = _locked(turn.saga_id, turn.token)
-        if saga is None:  # we hold its row lock since the UPDATE: cannot happen
-            raise RuntimeError(f"saga #{turn.saga_id}: lease taken but the row is gone")
         set_request_id(saga.request_id or get_request_id())
         planned = _plan(saga, turn)
         work = None if planned is None else _start_attempt(saga, *planned)
@@ -557,13 +552,32 @@ def _begin_turn(turn: _Turn) -> _Work | None:
 # more Python than anything else in a turn (a quarter of a checkout's worker CPU).
 _SAGA_TABLE = f'"{Saga._meta.db_table}"'
 _STEP_TABLE = f'"{SagaStep._meta.db_table}"'
-_LOCK_SQL = f"SELECT * FROM {_SAGA_TABLE} WHERE id = %s AND lease_token = %s FOR UPDATE"
+_SAGA_FIELDS = [f for f in Saga._meta.concrete_fields]
+_SAGA_COLUMNS = ", ".join(f'"{f.column}"' for f in _SAGA_FIELDS)
+_SAGA_ATTNAMES = [f.attname for f in _SAGA_FIELDS]
+_LOCK_SQL = (
+    f"SELECT {_SAGA_COLUMNS} FROM {_SAGA_TABLE} WHERE id = %s AND lease_token = %s FOR UPDATE"
+)
 # Every column a runner may change; the others (kind, ref, request_id, created_at) never do.
 _SAVE_SQL = (
     f"UPDATE {_SAGA_TABLE} SET status = %s, context = %s, current_step = %s, "
     "failure_reason = %s, error = %s, needs_attention = %s, cancel_requested = %s, "
     "lease_token = %s, lease_until = %s, wake_at = %s, finished_at = %s, updated_at = %s "
     "WHERE id = %s"
+)
+# The step rows the runner changed since the last save, written by the same statement as
+# the saga (a data-modifying CTE): one round trip per step transition instead of three.
+_STEP_VALUES_FIRST = (
+    "(%s::bigint, %s::varchar, %s::integer, %s::text, %s::timestamptz, %s::timestamptz, "
+    "%s::timestamptz)"
+)
+_STEP_VALUES_MORE = "(%s, %s, %s, %s, %s, %s, %s)"
+_STEPS_CTE = (
+    f"WITH moved AS (UPDATE {_STEP_TABLE} AS step SET status = v.status, "
+    "attempts = v.attempts, error = v.error, started_at = v.started_at, "
+    "finished_at = v.finished_at, at = v.at "
+    "FROM (VALUES {values}) AS v(id, status, attempts, error, started_at, finished_at, at) "
+    "WHERE step.id = v.id) "
 )
 # A new saga; nothing when one of its kind has its ref (the partial unique index).
 _INSERT_SQL = (
@@ -573,64 +587,97 @@ _INSERT_SQL = (
     "VALUES (%s, %s, %s, %s, 0, %s, '', '', false, false, '', NULL, %s, %s, %s, NULL) "
     "ON CONFLICT (kind, ref) WHERE NOT (ref = '') DO NOTHING RETURNING id"
 )
-# The lease, taken only from a runnable saga whose lease is free or expired.
+# The lease, taken only from a runnable saga whose lease is free or expired; the UPDATE
+# holds the row lock from then on and returns the row, so no second read is needed.
 _TAKE_SQL = (
     f"UPDATE {_SAGA_TABLE} SET lease_token = %s, "
     "lease_until = STATEMENT_TIMESTAMP() + %s * INTERVAL '1 second', "
     "wake_at = STATEMENT_TIMESTAMP() + %s * INTERVAL '1 second' WHERE id = %s "
     "AND status = ANY(%s) "
-    "AND (lease_until IS NULL OR lease_until < STATEMENT_TIMESTAMP())"
+    "AND (lease_until IS NULL OR lease_until < STATEMENT_TIMESTAMP()) "
+    f"RETURNING {_SAGA_COLUMNS}"
 )
 _RUNNABLE_VALUES = [str(status.value) for status in RUNNABLE]
-_STEP_SQL = (
-    f"UPDATE {_STEP_TABLE} SET status = %s, attempts = %s, error = %s, started_at = %s, "
-    "finished_at = %s, at = %s WHERE id = %s"
-)
 _CONTEXT_FIELD = Saga._meta.get_field("context")
 
 
 def _locked(saga_id: int, token: str) -> Saga | None:
     """The saga, row-locked, if `token` still holds its lease."""
-    for saga in Saga.objects.raw(_LOCK_SQL, [saga_id, token]):
-        return saga
-    return None
+    return _fetch_saga(_LOCK_SQL, [saga_id, token])
+
+
+def _fetch_saga(sql: str, params: list[Any]) -> Saga | None:
+    """The saga row that `sql` returns (all its columns, in field order), or None. A plain
+    cursor: a raw queryset costs more Python per turn than the statement itself."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    values = dict(zip(_SAGA_ATTNAMES, row, strict=True))
+    if isinstance(values["context"], str):  # Django has psycopg2 hand jsonb over as text
+        values["context"] = json.loads(values["context"])
+    saga = Saga.from_db(connection.alias, _SAGA_ATTNAMES, list(values.values()))
+    saga._moved_rows = {}  # type: ignore[attr-defined]
+    return saga
 
 
 def _save(saga: Saga) -> None:
     """What `saga.save()` writes, for a saga read by `_locked` in this transaction: every
-    column a runner changes, from the row as it stands in memory (the lock makes it so)."""
+    column a runner changes, from the row as it stands in memory (the lock makes it so),
+    and, in the same statement, the step rows moved since the last save."""
     saga.updated_at = timezone.now()
+    params: list[Any] = []
+    sql = _SAVE_SQL
+    moved = _take_moved_rows(saga)
+    if moved:
+        values = ", ".join([_STEP_VALUES_FIRST] + [_STEP_VALUES_MORE] * (len(moved) - 1))
+        sql = _STEPS_CTE.format(values=values) + sql
+        for row in moved:
+            params += [row.pk, row.status, row.attempts, row.error, row.started_at,
+                       row.finished_at, row.at]  # fmt: skip
+    params += [
+        saga.status,
+        _CONTEXT_FIELD.get_db_prep_save(saga.context, connection),
+        saga.current_step,
+        saga.failure_reason,
+        saga.error,
+        saga.needs_attention,
+        saga.cancel_requested,
+        saga.lease_token,
+        saga.lease_until,
+        saga.wake_at,
+        saga.finished_at,
+        saga.updated_at,
+        saga.pk,
+    ]
     with connection.cursor() as cursor:
-        cursor.execute(
-            _SAVE_SQL,
-            [
-                saga.status,
-                _CONTEXT_FIELD.get_db_prep_save(saga.context, connection),
-                saga.current_step,
-                saga.failure_reason,
-                saga.error,
-                saga.needs_attention,
-                saga.cancel_requested,
-                saga.lease_token,
-                saga.lease_until,
-                saga.wake_at,
-                saga.finished_at,
-                saga.updated_at,
-                saga.pk,
-            ],
+        cursor.execute(sql, params)
+
+
+def _take_moved_rows(saga: Saga) -> list[SagaStep]:
+    moved: dict[int, SagaStep] = getattr(saga, "_moved_rows", {})
+    rows = list(moved.values())
+    moved.clear()
+    return rows
+
+
+def _flush_moved_rows(saga: Saga) -> None:
+    """Writes the moved step rows now: before anything reads step rows from the database."""
+    rows = _take_moved_rows(saga)
+    if rows:
+        SagaStep.objects.bulk_update(
+            rows, ["status", "attempts", "error", "started_at", "finished_at", "at"]
         )
 
 
-def _move_step(row: SagaStep, target: str, **fields: Any) -> None:
+def _move_step(saga: Saga, row: SagaStep, target: str, **fields: Any) -> None:
     """STEP_MACHINE.move for a row the runner holds (under the lease and the saga's row
-    lock nobody else writes it): checks the transition, then writes its mutable columns."""
+    lock nobody else writes it): checks the transition and changes the row in memory; the
+    next `_save(saga)` of this transaction writes it."""
     STEP_MACHINE.move(row, target, fields=fields, save=False)
     row.at = timezone.now()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _STEP_SQL,
-            [row.status, row.attempts, row.error, row.started_at, row.finished_at, row.at, row.pk],
-        )
+    saga._moved_rows[row.pk] = row  # type: ignore[attr-defined]
 
 
 def _plan(saga: Saga, turn: _Turn) -> tuple[SagaStep, Step] | None:
@@ -665,6 +712,7 @@ def _plan(saga: Saga, turn: _Turn) -> tuple[SagaStep, Step] | None:
         elif saga.status == SagaStatus.COMPENSATING:
             turn.rows = None  # _begin_compensation changed forward rows in bulk
             direction = StepDirection.COMPENSATION
+            _flush_moved_rows(saga)
             row = (
                 saga.steps.select_for_update()
                 .filter(direction=direction)
@@ -692,6 +740,7 @@ def _plan(saga: Saga, turn: _Turn) -> tuple[SagaStep, Step] | None:
 
 def _start_attempt(saga: Saga, row: SagaStep, step: Step) -> _Work:
     _move_step(
+        saga,
         row,
         StepStatus.RUNNING,
         attempts=row.attempts + 1,
@@ -771,7 +820,7 @@ def _run(turn: _Turn, work: _Work) -> _Work | None:
 def _record_success(
     saga: Saga, row: SagaStep, result: Mapping[str, Any] | None, turn: _Turn
 ) -> _Work | None:
-    _move_step(row, StepStatus.SUCCEEDED, finished_at=timezone.now(), error="")
+    _move_step(saga, row, StepStatus.SUCCEEDED, finished_at=timezone.now(), error="")
     _trace_step(saga, row)
     if result:
         saga.context = {**saga.context, **result}
@@ -784,7 +833,7 @@ def _record_failure(
     error = f"{type(exc).__name__}: {exc}"[:2000]
     permanent = not is_transient(exc)
     if not permanent and row.attempts < work.step.attempts_allowed(work.direction):
-        _move_step(row, StepStatus.RETRYING, error=error)
+        _move_step(saga, row, StepStatus.RETRYING, error=error)
         _trace_step(saga, row, error=error)
         if saga.cancel_requested and work.direction == StepDirection.FORWARD:
             # Cancelled meanwhile: no point waiting to retry what will be compensated.
@@ -822,7 +871,7 @@ def _fail_row(
     """Marks the row failed and moves the saga on: a forward failure starts compensation, a
     compensation failure parks the saga. True if the saga has compensations left to run."""
     now = timezone.now()
-    _move_step(row, StepStatus.FAILED, error=error, finished_at=now)
+    _move_step(saga, row, StepStatus.FAILED, error=error, finished_at=now)
     _trace_step(saga, row, error=error)
     if row.direction == StepDirection.FORWARD:
         logger.warning(
@@ -849,6 +898,7 @@ def _fail_row(
 def _begin_compensation(saga: Saga, definition: SagaDefinition) -> None:
     """Stops forward progress and writes one pending compensation row per succeeded step
     that has a compensation, newest first; with none to run the saga finishes now."""
+    _flush_moved_rows(saga)  # the queries below must see the rows as moved so far
     _saga_move(saga, SagaStatus.COMPENSATING)
     now = timezone.now()
     forward = saga.steps.filter(direction=StepDirection.FORWARD)
