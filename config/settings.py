@@ -294,11 +294,11 @@ TRACE_RETENTION_DAYS = env.int("TRACE_RETENTION_DAYS", default=7)
 # campaign, far below a script hammering the endpoint.
 COUPON_ISSUE_RATE_LIMIT = env.int("COUPON_ISSUE_RATE_LIMIT", default=20)
 COUPON_ISSUE_RATE_WINDOW_MS = env.int("COUPON_ISSUE_RATE_WINDOW_MS", default=10_000)
-# At most one "drain now" message per campaign this often; the sweep catches the rest.
-# Each drain run has a fixed cost (a Celery task, a new database session, a tail check)
-# paid on the same cores as the sale: every 100 ms it cost ~0.4 ms of CPU per accepted
-# request (bench: 448 -> 573 accepted/s at 1 s); an accepted request still becomes a
-# coupon within about a second under load, at once when the sale is quiet.
+# A campaign's drain chain (apps/coupons/tasks.py) runs a pass this often while requests
+# keep coming; the first acceptance of a quiet sale starts one at once. Each pass has a
+# fixed cost (a Celery task and its statements) paid on the same cores as the sale: every
+# 100 ms it cost ~0.4 ms of CPU per accepted request (bench: 448 -> 573 accepted/s at 1 s);
+# an accepted request still becomes a coupon within about a second under load.
 COUPON_DRAIN_EVERY_MS = env.int("COUPON_DRAIN_EVERY_MS", default=1000)
 
 # --- Orders and payments -----------------------------------------------------------------

@@ -50,7 +50,24 @@ def _keys(campaign_id: int) -> tuple[str, str, str]:
 
 
 def drain_flag_key(campaign_id: int) -> str:
+    """Set while a drain chain of the campaign runs (or is queued): the acceptance that
+    finds it missing sets it and sends the drain; the chain deletes it when it runs dry.
+    Its TTL is a lease that each pass renews, so a chain whose worker died stops blocking
+    new ones once it lapses."""
     return f"coupons:{{{campaign_id}}}:drain"
+
+
+def drain_flag_take(campaign_id: int, lease_ms: int) -> bool:
+    """Starts a chain unless one runs: True if the caller now runs it."""
+    return bool(get_redis().set(drain_flag_key(campaign_id), "1", nx=True, px=lease_ms))
+
+
+def drain_flag_renew(campaign_id: int, lease_ms: int) -> None:
+    get_redis().set(drain_flag_key(campaign_id), "1", px=lease_ms)
+
+
+def drain_flag_release(campaign_id: int) -> None:
+    get_redis().delete(drain_flag_key(campaign_id))
 
 
 @dataclass(frozen=True)
@@ -75,14 +92,14 @@ class Gate:
         now_ms: int,
         rate_limit: int,
         rate_window_ms: int,
-        drain_every_ms: int,
+        drain_lease_ms: int,
     ) -> Verdict:
         meta, remaining, users = _keys(campaign_id)
         window = now_ms // rate_window_ms
         rate_key = f"coupons:rl:{user_id}:{window}"
         reply = self._accept(
             keys=[meta, remaining, users, rate_key, drain_flag_key(campaign_id)],
-            args=[user_id, now_ms, rate_limit, rate_window_ms, drain_every_ms],
+            args=[user_id, now_ms, rate_limit, rate_window_ms, drain_lease_ms],
         )
         # One "kind:epoch:extra" string (epochs are hex): one reply to parse, not an array.
         kind, epoch, extra = (reply.decode() if isinstance(reply, bytes) else reply).split(":")

@@ -196,6 +196,11 @@ def _record(*, campaign_id: int, user_id: int, epoch: str, request_id: str) -> b
         return cursor.fetchone() is not None
 
 
+def drain_lease_ms() -> int:
+    """How long a drain chain's flag lasts without renewal: many of its passes."""
+    return max(10_000, 10 * int(settings.COUPON_DRAIN_EVERY_MS))
+
+
 def coupon_request_accept(*, campaign_id: int, user_id: int) -> Accepted:
     """Accepts the user's request durably or raises SurgeError (409/410/403/404/429/503)."""
     request_id = get_request_id() or ""
@@ -206,7 +211,7 @@ def coupon_request_accept(*, campaign_id: int, user_id: int) -> Accepted:
             now_ms=int(time.time() * 1000),
             rate_limit=settings.COUPON_ISSUE_RATE_LIMIT,
             rate_window_ms=settings.COUPON_ISSUE_RATE_WINDOW_MS,
-            drain_every_ms=settings.COUPON_DRAIN_EVERY_MS,
+            drain_lease_ms=drain_lease_ms(),
         )
         if verdict.kind == "accepted":
             try:

@@ -181,7 +181,7 @@ def test_acceptance_from_a_replaced_gate_is_not_recorded(staff: APIClient, make_
         now_ms=int(timezone.now().timestamp() * 1000),
         rate_limit=100,
         rate_window_ms=10_000,
-        drain_every_ms=100,
+        drain_lease_ms=10_000,
     )
     assert stale.kind == "accepted"
     services.gate_rebuild(campaign_id=campaign["id"])  # Redis lost it; rebuilt with a new epoch

@@ -14,7 +14,8 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from rest_framework.authtoken.models import Token
 
-from apps.coupons import services
+from apps.core.redis import get_redis
+from apps.coupons import gate, services
 from apps.coupons.models import Campaign, Coupon, CouponRequest
 from config.celery import app as celery_app
 
@@ -98,6 +99,37 @@ def test_2000_users_100_coupons(live_web: LiveProcess, live_worker: LiveProcess)
     ).json()
     assert (detail["issued_count"], detail["remaining"]) == (100, 0)
     assert Coupon.objects.filter(campaign=campaign).values("user_id").distinct().count() == 100
+
+
+def test_the_drain_finishes_a_sale_without_beat(
+    live_web: LiveProcess, live_worker: LiveProcess
+) -> None:
+    """No sweep here: the chain the first acceptance started persists every later one,
+    the last included, and then ends (its flag is gone, so the next sale starts anew)."""
+    campaign = services.campaign_create(name="chain", total_quantity=1000, discount_percent=10)
+    statuses = fire(live_web.url or "", campaign.pk, make_tokens(400), threads=16)
+    assert Counter(statuses.values()) == {202: 400}
+
+    def drained() -> bool:
+        return Coupon.objects.filter(campaign_id=campaign.pk).count() == 400
+
+    wait_for(drained, timeout=30, interval=0.2, what="the chain to persist every acceptance")
+    assert_exact(campaign, statuses)
+    wait_for(
+        lambda: not get_redis().exists(gate.drain_flag_key(campaign.pk)),
+        timeout=30,
+        interval=0.2,
+        what="the drain chain to end",
+    )
+    # A late request after the chain ended starts a new one.
+    late = make_tokens(1)
+    assert fire(live_web.url or "", campaign.pk, late) == {late[0][0]: 202}
+    wait_for(
+        lambda: Coupon.objects.filter(campaign_id=campaign.pk).count() == 401,
+        timeout=30,
+        interval=0.2,
+        what="the late request's coupon",
+    )
 
 
 def test_one_user_twenty_concurrent_requests(live_web: LiveProcess) -> None:
