@@ -322,18 +322,16 @@ def saga_start(
             return Saga.objects.get(kind=kind, ref=ref)
         saga.pk = inserted[0]
         saga._state.adding, saga._state.db = False, connection.alias
-        SagaStep.objects.bulk_create(
-            SagaStep(
-                saga=saga,
-                index=i,
-                name=step.name,
-                direction=StepDirection.FORWARD,
-                status=StepStatus.SKIPPED
-                if step.skip_if is not None and step.skip_if(saga.context)
-                else StepStatus.PENDING,
+        # By hand too: the ORM's bulk_create cost a quarter of an order's accepting CPU.
+        params: list[Any] = []
+        for i, step in enumerate(definition.steps):
+            skipped = step.skip_if is not None and step.skip_if(saga.context)
+            status = StepStatus.SKIPPED if skipped else StepStatus.PENDING
+            params += [saga.pk, i, step.name, str(StepDirection.FORWARD), str(status), now]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _INSERT_STEPS_SQL + ", ".join([_INSERT_STEP_ROW] * len(definition.steps)), params
             )
-            for i, step in enumerate(definition.steps)
-        )
         _trace_status(saga, "", SagaStatus.PENDING)
         if publish:
             _enqueue_advance(saga.pk)
@@ -587,6 +585,12 @@ _INSERT_SQL = (
     "VALUES (%s, %s, %s, %s, 0, %s, '', '', false, false, '', NULL, %s, %s, %s, NULL) "
     "ON CONFLICT (kind, ref) WHERE NOT (ref = '') DO NOTHING RETURNING id"
 )
+# A new saga's forward step rows (the model's defaults written out).
+_INSERT_STEPS_SQL = (
+    f'INSERT INTO {_STEP_TABLE} (saga_id, "index", name, direction, status, attempts, error, '
+    "started_at, finished_at, at) VALUES "
+)
+_INSERT_STEP_ROW = "(%s, %s, %s, %s, %s, 0, '', NULL, NULL, %s)"
 # The lease, taken only from a runnable saga whose lease is free or expired; the UPDATE
 # holds the row lock from then on and returns the row, so no second read is needed.
 _TAKE_SQL = (
