@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import queue
 import random
+import re
 import threading
 import time
 from collections import defaultdict
@@ -20,9 +21,11 @@ from decimal import Decimal
 import pytest
 import redis
 import requests
+from django.db import connection, connections, transaction
 
 from apps.wallets.models import Wallet, WalletTransaction
 from apps.wallets.selectors import wallet_verify
+from apps.wallets.services import DRAIN_MAX_WALLETS, DRAIN_QUEUE, DRAIN_SIGNAL, DRAIN_TASK
 from config.celery import app
 from config.devservices import PrivateRedis
 
@@ -307,6 +310,129 @@ def test_worker_sigkill_mid_storm_changes_nothing(
     _wait_decided(wallet_ids, per_wallet)
     _assert_sequential(accepted, wallet_ids, per_wallet)
     _assert_no_failed_apply(survivors)
+
+
+def test_worker_sigkill_mid_drain_pass_loses_and_repeats_nothing(
+    live_web: LiveProcess,
+    live_worker: LiveProcess,
+    worker_pool: Callable[..., list[LiveProcess]],
+    private_redis: PrivateRedis,
+) -> None:
+    """A worker SIGKILLed inside a `wallets.drain` pass. The backlog (DRAIN_MAX_WALLETS + 10
+    wallets) is accepted while no worker runs, so the first pass takes two rounds, each
+    its own transaction. Another client holds one transaction row of a second-round
+    wallet FOR UPDATE (as any concurrent writer of that row would), so the second round
+    stops at its write of the decisions, its wallets locked and the first round
+    committed; the kill lands there. The first round must stand untouched, the second
+    must vanish with the connection, and the drain message, redelivered to the restarted
+    worker, must decide the rest exactly once, as the sequential model says."""
+    live_worker.kill()  # the drain message must reach the victim, and no other worker
+    broker = redis.Redis.from_url(private_redis.url)
+    broker.delete(DRAIN_QUEUE, *DRAIN_SIGNAL.keys)  # no stale drain, no stale lease
+    seed = random.randrange(2**32)
+    print(f"wallets sigkill mid-drain seed={seed}")
+    base_url = live_web.url or ""
+    wallets, per_wallet = DRAIN_MAX_WALLETS + 10, 5
+    opened = _open_wallets(base_url, users=5, per_user=wallets // 5)
+    wallet_ids = sorted(wallet_id for _, wallet_id in opened)
+    accepted = _submit(base_url, _plan(opened, per_wallet=per_wallet, rng=random.Random(seed)))
+    # The accepts woke a drain (one message, or one more per expired lease); none ran.
+    assert set(_queued_task_names(broker, DRAIN_QUEUE)) == {DRAIN_TASK}
+    # A pass takes the pending wallets by pk, DRAIN_MAX_WALLETS per round.
+    first, second = wallet_ids[:DRAIN_MAX_WALLETS], wallet_ids[DRAIN_MAX_WALLETS:]
+    held_id = WalletTransaction.objects.get(wallet_id=second[-1], seq=per_wallet).pk
+    locked, release = threading.Event(), threading.Event()
+    holder_pid: list[int] = []
+
+    def hold() -> None:
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_backend_pid() FROM wallets_wallettransaction "
+                    "WHERE id = %s FOR UPDATE",
+                    [held_id],
+                )
+                holder_pid.append(cursor.fetchone()[0])
+                locked.set()
+                assert release.wait(60)
+        finally:
+            connections.close_all()  # this thread's connection only
+
+    def blocked_by_holder() -> list[tuple[int, str]]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid, query FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND %s = ANY(pg_blocking_pids(pid))",
+                [holder_pid[0]],
+            )
+            return cursor.fetchall()
+
+    def decided_seqs(ids: list[int]) -> set[int]:
+        return set(Wallet.objects.filter(pk__in=ids).values_list("last_applied_seq", flat=True))
+
+    with ThreadPoolExecutor(1) as pool:
+        holder = pool.submit(hold)
+        try:
+            assert locked.wait(30)
+            (victim,) = worker_pool(1)
+            ((pass_pid, query),) = wait_for(
+                blocked_by_holder, timeout=20, interval=0.05, what="the drain pass to block"
+            )
+            # Mid-pass, right before the kill: the first round committed, the second has
+            # locked its wallets and decided them, and waits to write the decisions.
+            assert query.startswith('UPDATE "wallets_wallettransaction"'), query
+            assert decided_seqs(first) == {per_wallet}
+            assert decided_seqs(second) == {0}
+            with transaction.atomic():
+                free = Wallet.objects.filter(pk__in=second).select_for_update(skip_locked=True)
+                assert not list(free), "the second round's wallets are not locked"
+            first_decisions = list(
+                WalletTransaction.objects.filter(wallet_id__in=first)
+                .order_by("pk")
+                .values_list("pk", "status", "balance_after", "applied_at")
+            )
+            victim.kill()
+            killed_log = victim.log_text()
+            # The pass's transaction outlives its process until its statement returns.
+            assert [pid for pid, _ in blocked_by_holder()] == [pass_pid]
+        finally:
+            release.set()
+        holder.result()
+    assert not victim.alive()
+    drains = re.findall(rf"Task {DRAIN_TASK}\[([0-9a-f-]+)\] received", killed_log)
+    assert len(drains) == 1, killed_log[-3000:]
+    killed_id = drains[0]
+    assert f"{killed_id}] succeeded" not in killed_log
+    assert "Time limit" not in killed_log, "the pass was cut by its time limit, not the kill"
+
+    def pass_gone() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pass_pid])
+            return cursor.fetchone() is None
+
+    wait_for(pass_gone, timeout=15, what="the killed pass's connection to end")
+    # Its transaction rolled back: the second round is as it was before the pass.
+    assert decided_seqs(second) == {0}
+    assert not WalletTransaction.objects.filter(wallet_id__in=second).exclude(status="pending")
+
+    victim.start()  # the killed drain's message was never acked: it comes back
+    _wait_decided(wallet_ids, per_wallet, timeout=60)
+    wait_for(
+        lambda: f"Task {DRAIN_TASK}[{killed_id}] succeeded" in victim.log_text(),
+        timeout=30,
+        what="the killed drain's message to be redelivered and run",
+    )
+    _assert_sequential(accepted, wallet_ids, per_wallet)
+    # What the first round committed before the kill was not decided a second time.
+    assert first_decisions == list(
+        WalletTransaction.objects.filter(wallet_id__in=first)
+        .order_by("pk")
+        .values_list("pk", "status", "balance_after", "applied_at")
+    )
+    # Nor did the drain fail, or fall back to deciding wallet by wallet.
+    log = victim.log_text().splitlines()
+    failures = [ln for ln in log if (DRAIN_TASK in ln and "raised" in ln) or "pass failed" in ln]
+    assert not failures, failures[:3]
 
 
 def _queued_task_names(broker: redis.Redis, queue_name: str = "default") -> list[str]:
