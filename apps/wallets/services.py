@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
@@ -20,6 +21,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from apps.core.errors import ErrorCode, SurgeError
+from tasks.base import queue_time_limits
 from tasks.context import get_request_id
 from tasks.models.ordering import CommandStatus
 from tasks.ordering import (
@@ -213,7 +215,10 @@ def transactions_drain(*, budget_s: float | None = None) -> int:
     does not hold back the others: it is left to its own `wallets.apply` task (through
     the outbox, so its retries and dead letter are that task's), and skipped by this drain.
     """
-    budget_s = DRAIN_BUDGET_S if budget_s is None else budget_s
+    if budget_s is None:
+        # Well inside the queue's soft time limit, which a short broker visibility timeout
+        # shrinks (tasks/base.py): the drain hands over, it is not cut off.
+        budget_s = min(DRAIN_BUDGET_S, queue_time_limits(DRAIN_QUEUE)[0] / 2)
     deadline = time.monotonic() + budget_s
     total = 0
     failed: set[int] = set()
@@ -247,11 +252,17 @@ def _drain_pass(failed: set[int]) -> int:
                 exclude=sorted(failed),
                 on_decided=_notify_decided,
             )
+        except SoftTimeLimitExceeded:
+            raise  # the task's time is up: stop, not "retry wallet by wallet"
         except Exception:
             logger.exception("wallets: drain pass failed; applying wallet by wallet")
             return decided + _drain_one_by_one(failed)
-        decided += sum(report.decided for report in reports)
-        if len(reports) < DRAIN_MAX_WALLETS:
+        round_decided = sum(report.decided for report in reports)
+        decided += round_decided
+        # Another round only after a full one that moved something: a full round that
+        # decided nothing (wallets pending but unable to move) would find the same wallets
+        # again and spin.
+        if len(reports) < DRAIN_MAX_WALLETS or not round_decided:
             return decided
 
 
@@ -265,6 +276,8 @@ def _drain_one_by_one(failed: set[int]) -> int:
     for wallet_id, last_applied_seq in list(pending):
         try:
             decided += transactions_apply(wallet_id=wallet_id).decided
+        except SoftTimeLimitExceeded:
+            raise
         except Exception:
             logger.exception("wallets: wallet %s cannot be applied; left to its task", wallet_id)
             failed.add(wallet_id)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.test import override_settings
 
 from apps.wallets import selectors, services
@@ -213,6 +214,52 @@ def test_a_wallet_that_cannot_be_decided_does_not_hold_back_the_others(
     assert [row.args for row in rows] == [[wallet.pk]]
     monkeypatch.setattr(services, "transaction_decide", decide)
     assert services.transactions_apply(wallet_id=wallet.pk).decided == 1
+
+
+class _Spinning(BaseException):
+    """Not an Exception: the drain's own error handling must not catch it."""
+
+
+def test_a_full_round_that_decides_nothing_ends_the_pass(
+    wallet: Wallet, drain_signal_free: None, monkeypatch: Any
+) -> None:
+    # A full round of wallets that are pending but cannot move (their next transaction is
+    # not there): without a guard the pass would find the same wallets again, forever.
+    for _ in range(services.DRAIN_MAX_WALLETS):
+        services.wallet_create(owner_id=wallet.owner_id)
+    Wallet.objects.update(last_seq=F("last_seq") + 1)
+    rounds = []
+    real = services.apply_pending_keys
+
+    def counted(**kwargs: Any) -> Any:
+        rounds.append(1)
+        if len(rounds) > 3:
+            raise _Spinning
+        return real(**kwargs)
+
+    monkeypatch.setattr(services, "apply_pending_keys", counted)
+    assert services.transactions_drain() == 0
+    assert len(rounds) == 1
+
+
+def test_the_task_time_limit_stops_the_drain(
+    wallet: Wallet, drain_signal_free: None, monkeypatch: Any
+) -> None:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from tasks.models import OutboxMessage
+
+    _accept(wallet, DEPOSIT, "3.00")
+
+    def out_of_time(**kwargs: Any) -> Any:
+        raise SoftTimeLimitExceeded
+
+    monkeypatch.setattr(services, "apply_pending_keys", out_of_time)
+    with pytest.raises(SoftTimeLimitExceeded):
+        services.transactions_drain()
+    # Not mistaken for a broken pass: nothing was tried wallet by wallet or left to a task.
+    assert stored_decisions(wallet.pk) == [(1, "pending", "", None)]
+    assert not OutboxMessage.objects.filter(task_name=services.APPLY_TASK).exists()
 
 
 def test_the_sweeper_wakes_a_drain_only_for_pending_wallets(
