@@ -316,7 +316,7 @@ OUTBOX_REPUBLISH_UNCONFIRMED_AFTER_S = env.float(
 )
 OUTBOX_SWEEP_BATCH_SIZE = env.int("OUTBOX_SWEEP_BATCH_SIZE", default=500)
 OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=7)
-# Sagas (tasks/saga.py): retry backoff, how long a step may run, sweeper batch.
+# Sagas (tasks/saga/): retry backoff, how long a step may run, sweeper batch.
 SAGA_BACKOFF_BASE = env.float("SAGA_BACKOFF_BASE", default=1.0)
 SAGA_BACKOFF_MAX = env.float("SAGA_BACKOFF_MAX", default=60.0)
 SAGA_STEP_TIME_LIMIT = env.float("SAGA_STEP_TIME_LIMIT", default=60.0)

@@ -1,4 +1,4 @@
-"""Products with stock, and orders whose flow is a saga (tasks/saga.py).
+"""Products with stock, and orders whose flow is a saga (tasks/saga/).
 
 Stock is guarded by the database: on hand and reserved are never negative and reserved
 never exceeds on hand, whatever the code does.

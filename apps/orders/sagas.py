@@ -1,7 +1,7 @@
 """The checkout saga: use_coupon -> reserve_stock -> authorize_payment -> capture_payment
 -> confirm, with return_coupon, release_stock and void_authorization as compensations.
 
-Each step runs inside the transaction that records its success (tasks/saga.py), so its
+Each step runs inside the transaction that records its success (tasks/saga/), so its
 database writes happen exactly once. The payment calls leave the database: they carry the
 step's idempotency key, so a retried call never charges twice. Payment errors carry the
 order's failure reason (`payment_declined`, `capture_failed`, `payment_timeout` once the

@@ -1,6 +1,6 @@
 """A saga is a row plus one row per forward step and per compensation that ran or will run.
 
-The engine (tasks/saga.py) is the only writer; the status tables live there too.
+The engine (tasks/saga/) is the only writer; the status tables live there too.
 """
 
 from __future__ import annotations
