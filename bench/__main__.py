@@ -7,7 +7,7 @@ import argparse
 import platform
 import time
 
-from . import baseline, coupons, orders, toolkit, wallets
+from . import baseline, coupons, orders, saga, toolkit, wallets
 
 
 def main() -> None:
@@ -16,18 +16,21 @@ def main() -> None:
         "scenario",
         nargs="?",
         default="baseline",
-        choices=["baseline", "coupons", "orders", "toolkit", "wallets"],
+        choices=["baseline", "coupons", "orders", "saga", "toolkit", "wallets"],
     )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per HTTP row")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rate", type=float, default=500.0, help="offered requests/s (wallets)")
     parser.add_argument("--tasks", type=int, default=5000, help="messages per Celery row")
+    parser.add_argument("--orders", type=int, default=1500, help="queued orders (saga)")
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if args.scenario == "orders":
         table = orders.run(duration=args.duration, rate=min(args.rate, 200.0))
     elif args.scenario == "wallets":
         table = wallets.run(duration=args.duration, rate=args.rate)
+    elif args.scenario == "saga":
+        table = saga.run(orders=args.orders)
     elif args.scenario == "toolkit":
         table = toolkit.run(tasks=args.tasks)
     elif args.scenario == "coupons":
