@@ -1,0 +1,145 @@
+"""What the library reads off the models (the command's key, the fields it may write) and the
+hand-written UPDATE … FROM (VALUES …) statements that save a batch in one round trip."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections, models
+
+from ..models.ordering import OrderedCommand, OrderedKey
+
+
+def _write_keys(key_model: type[OrderedKey], keys: Sequence[OrderedKey], using: str) -> None:
+    """`key.save(update_fields=<all but last_seq>)` for every key, in one UPDATE."""
+    connection = connections[using]
+    qn = connection.ops.quote_name
+    meta = key_model._meta
+    pk = meta.pk
+    assert pk is not None
+    fields: list[models.Field[Any, Any]] = [pk]
+    for name in _key_save_fields(key_model):
+        field = meta.get_field(name)
+        assert isinstance(field, models.Field)
+        fields.append(field)
+    row_sql = "(" + ", ".join(f"%s::{_cast_type(f, connection)}" for f in fields) + ")"
+    params: list[Any] = []
+    for key in keys:
+        params.extend(f.get_db_prep_save(getattr(key, f.attname), connection) for f in fields)
+    names = [qn(_column(f)) for f in fields]
+    assignments = ", ".join(f"{name} = v.{name}" for name in names[1:])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {qn(meta.db_table)} AS t SET {assignments} "
+            f"FROM (VALUES {', '.join([row_sql] * len(keys))}) AS v({', '.join(names)}) "
+            f"WHERE t.{names[0]} = v.{names[0]}",
+            params,
+        )
+
+
+@functools.cache
+def _key_fk(command_model: type[OrderedCommand]) -> tuple[type[OrderedKey], models.ForeignKey]:
+    """The command model's one ForeignKey to an `OrderedKey` model, and that model."""
+    if not issubclass(command_model, OrderedCommand):
+        raise ImproperlyConfigured(f"{command_model!r} is not an OrderedCommand")
+    found = [
+        field
+        for field in command_model._meta.concrete_fields
+        if isinstance(field, models.ForeignKey)
+        and isinstance(field.related_model, type)
+        and issubclass(field.related_model, OrderedKey)
+    ]
+    if len(found) != 1:
+        raise ImproperlyConfigured(
+            f"{command_model._meta.label} needs exactly one ForeignKey to an OrderedKey model, "
+            f"has {len(found)}"
+        )
+    fk = found[0]
+    related = fk.related_model
+    assert isinstance(related, type) and issubclass(related, OrderedKey)
+    return related, fk
+
+
+@functools.cache
+def _command_extra_fields(
+    command_model: type[OrderedCommand], names: tuple[str, ...]
+) -> tuple[models.Field[Any, Any], ...]:
+    reserved = {"seq", "status", "reason", "applied_at", _key_fk(command_model)[1].name}
+    fields = []
+    for name in names:
+        field = command_model._meta.get_field(name)
+        if (
+            not isinstance(field, models.Field)
+            or not field.concrete
+            or field.primary_key
+            or name in reserved
+        ):
+            raise ImproperlyConfigured(f"{command_model._meta.label}.{name} cannot be written")
+        fields.append(field)
+    return tuple(fields)
+
+
+@functools.cache
+def _key_save_fields(key_model: type[OrderedKey]) -> list[str]:
+    # Every field but `last_seq`: the callback may change any of them, and `last_seq`
+    # belongs to assign_seq (it cannot move while we hold the lock, but must never be
+    # written from a stale copy either).
+    return [
+        field.name
+        for field in key_model._meta.concrete_fields
+        if not field.primary_key and field.name != "last_seq"
+    ]
+
+
+def _column(field: models.Field[Any, Any]) -> str:
+    assert field.column is not None
+    return field.column
+
+
+def _cast_type(field: models.Field[Any, Any], connection: Any) -> str:
+    db_type = field.db_type(connection) or "text"
+    # An explicit cast to varchar(n) would silently truncate; text keeps the column's
+    # length check (assignment raises on an overlong value).
+    if re.match(r"^(varchar|character varying|char|character)\b", db_type):
+        return "text"
+    return db_type
+
+
+def _write_decisions(
+    command_model: type[OrderedCommand],
+    commands: Sequence[OrderedCommand],
+    extra_fields: Sequence[models.Field[Any, Any]],
+    applied_at: datetime,
+    using: str,
+) -> None:
+    """One UPDATE … FROM (VALUES …) for the whole batch, whatever its size."""
+    connection = connections[using]
+    qn = connection.ops.quote_name
+    meta = command_model._meta
+    pk = meta.pk
+    assert pk is not None
+    status = meta.get_field("status")
+    reason = meta.get_field("reason")
+    applied_at_field = meta.get_field("applied_at")
+    assert isinstance(status, models.Field) and isinstance(reason, models.Field)
+    assert isinstance(applied_at_field, models.Field)
+    columns: list[models.Field[Any, Any]] = [pk, status, reason, *extra_fields]
+    row_sql = "(" + ", ".join(f"%s::{_cast_type(f, connection)}" for f in columns) + ")"
+    params: list[Any] = [applied_at_field.get_db_prep_save(applied_at, connection)]
+    for command in commands:
+        params.extend(f.get_db_prep_save(getattr(command, f.attname), connection) for f in columns)
+    names = [qn(_column(f)) for f in columns]
+    assignments = ", ".join(f"{name} = v.{name}" for name in names[1:])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {qn(meta.db_table)} AS t "
+            f"SET {assignments}, {qn(_column(applied_at_field))} = %s "
+            f"FROM (VALUES {', '.join([row_sql] * len(commands))}) AS v({', '.join(names)}) "
+            f"WHERE t.{names[0]} = v.{names[0]}",
+            params,
+        )
