@@ -81,7 +81,7 @@ class OutboxMessage(models.Model):
 class OutboxEpoch(models.Model):
     """One row per life of the broker's data (a Redis restart without persistence, a
     failover to a replica that lagged, a flush). Ids only grow, so "published in an older
-    epoch and not done" means "the message may be gone": see tasks/outbox.py."""
+    epoch and not done" means "the message may be gone": see tasks/outbox/."""
 
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -392,10 +392,11 @@ def test_a_failed_publish_marks_nothing_sent(
     """Redis refuses one message of a batch (its queue's key holds a string): which of
     the batch's messages arrived is unknown, so no row is marked sent, neither by the
     relay nor by the sweeper; once Redis takes them, the sweeper publishes them all."""
-    from tasks import outbox
+    from tasks.outbox import relay
 
     live_worker.stop()  # a worker reading the blocked queue would trip over it too
-    monkeypatch.setattr(outbox, "_relay_paused_until", 0.0)  # this test's pause ends with it
+    # The pause is state of tasks.outbox.relay: patching the package would change nothing.
+    monkeypatch.setattr(relay, "_relay_paused_until", 0.0)  # this test's pause ends with it
     # One message to each queue first: the queues are declared, so the refusal comes from
     # the batch's pipeline, after the message to "high" went through in the same pipeline.
     warm = [OutboxMessage.objects.create(task_name=NOOP, queue=q) for q in ("high", "bulk")]
