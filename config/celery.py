@@ -6,8 +6,14 @@ import os
 
 from celery import Celery
 from kombu import Exchange, Queue
+from kombu.transport import TRANSPORT_ALIASES
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+# redis:// means kombu's Redis transport with one shared client per connection pool instead
+# of a new client object per write (tasks/broker.py). An alias rather than the
+# `broker_transport` setting, so the broker URL Celery and Flower show stays redis://.
+TRANSPORT_ALIASES["redis"] = "tasks.broker:Transport"
 
 app = Celery("surge")
 # Lazy: CELERY_* Django settings (broker URL, worker concurrency) are read on first use,
