@@ -53,3 +53,9 @@ def sweep() -> None:
     for campaign_id in services.coupons_pending_campaigns():
         if gate.drain_flag_take(campaign_id, lease_ms):
             persist.delay(campaign_id)
+
+
+@shared_task(name="coupons.reconcile", base=SurgeTask)
+def reconcile() -> int:
+    """Beat: reload the gates Redis lost (a restart), from PostgreSQL."""
+    return services.gates_reconcile()
