@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 from datetime import timedelta
 
 import pytest
+from django.core.management import call_command
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from apps.coupons import gate, services
 from apps.coupons.models import Campaign, Coupon, CouponRequest
+from apps.coupons.tasks import reconcile
 
 pytestmark = pytest.mark.django_db
 
@@ -170,6 +173,33 @@ def test_gate_lost_is_rebuilt_from_postgres(staff: APIClient, make_user) -> None
     assert first.post(url).status_code == 409  # the rebuilt gate remembers the user
     assert make_user().post(url).status_code == 202
     assert make_user().post(url).status_code == 410
+
+
+@pytest.mark.parametrize("entry", ["beat task", "admin action", "management command"])
+def test_every_reconciliation_entry_rebuilds_a_lost_gate(
+    entry: str, staff: APIClient, make_user, admin_client
+) -> None:
+    """Beat's job, the operator's admin action and `manage.py coupons_reconcile` each load
+    a gate Redis lost, from what PostgreSQL accepted (not from the total)."""
+    campaign = create(staff, total_quantity=3)
+    url = f"{CAMPAIGNS}{campaign['id']}/issue/"
+    assert make_user().post(url).status_code == 202
+    gate.gate_delete(campaign["id"])  # as if Redis restarted
+    assert gate.gate_remaining(campaign["id"]) is None
+    if entry == "beat task":
+        assert reconcile() == 1  # the task's body, run here; the registry test covers its name
+    elif entry == "admin action":
+        response = admin_client.post(
+            "/admin/coupons/campaign/",
+            {"action": "rebuild_gate", "_selected_action": [campaign["id"]]},
+            follow=True,
+        )
+        assert "gate rebuilt, 1 accepted" in response.content.decode()
+    else:
+        out = io.StringIO()
+        call_command("coupons_reconcile", str(campaign["id"]), stdout=out)
+        assert "gate rebuilt, 1 accepted" in out.getvalue()
+    assert gate.gate_remaining(campaign["id"]) == 2
 
 
 def test_acceptance_from_a_replaced_gate_is_not_recorded(staff: APIClient, make_user) -> None:
