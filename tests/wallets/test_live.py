@@ -177,8 +177,15 @@ def _by_wallet(accepted: list[Accepted]) -> dict[int, list[tuple[int, str, Decim
     return {wallet_id: sorted(rows) for wallet_id, rows in by_wallet.items()}
 
 
-def _wait_decided(wallet_ids: list[int], per_wallet: int, timeout: float = 90) -> None:
+def _wait_decided(
+    wallet_ids: list[int], per_wallet: int, timeout: float = 90, sweep: bool = False
+) -> None:
+    """Waits until every transaction is decided; with `sweep`, sends beat's wallets sweep
+    meanwhile (what wakes drains whose wake a lost Redis held)."""
+
     def decided() -> bool:
+        if sweep:
+            app.send_task("wallets.sweep", queue="high")
         behind = Wallet.objects.filter(pk__in=wallet_ids).exclude(last_applied_seq=per_wallet)
         pending = WalletTransaction.objects.filter(wallet_id__in=wallet_ids, status="pending")
         return not behind.exists() and not pending.exists()
@@ -317,6 +324,36 @@ def test_worker_sigkill_mid_storm_changes_nothing(
     _wait_decided(wallet_ids, per_wallet)
     _assert_sequential(accepted, wallet_ids, per_wallet)
     _assert_no_failed_apply(survivors)
+
+
+def test_redis_restart_mid_storm_loses_and_repeats_nothing(
+    live_web: LiveProcess, worker_pool: Callable[..., list[LiveProcess]], redis_restart
+) -> None:
+    """Redis loses everything a third of the way in: queued drain wakes and apply messages,
+    unacked deliveries, every connection. Accepting needs PostgreSQL only, so every request
+    is still a 202; the pending rows are the record of the work, and beat's sweep (sent
+    here) wakes a drain for each wallet that still has some."""
+    workers = worker_pool(2)
+    seed = random.randrange(2**32)
+    print(f"wallets redis restart seed={seed}")
+    wallets, per_wallet = 20, 40
+    restarted_at: list[int] = []
+
+    def restart_mid_storm(done: int) -> None:
+        if done == wallets * per_wallet // 3:
+            redis_restart()
+            restarted_at.append(done)
+
+    accepted, wallet_ids = _storm(
+        live_web.url or "", wallets=wallets, per_wallet=per_wallet, seed=seed,
+        during=restart_mid_storm,
+    )  # fmt: skip
+    assert restarted_at
+    assert len(accepted) == wallets * per_wallet
+
+    _wait_decided(wallet_ids, per_wallet, sweep=True)
+    _assert_sequential(accepted, wallet_ids, per_wallet)
+    _assert_no_failed_apply(workers)
 
 
 def test_worker_sigkill_mid_drain_pass_loses_and_repeats_nothing(
