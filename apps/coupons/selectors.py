@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from django.db.models import QuerySet
 from django.http import Http404
+from redis.exceptions import RedisError
 
 from . import gate as gate_mod
 from .models import Campaign, Coupon, CouponRequest
@@ -20,11 +21,15 @@ class CampaignView:
 
 def campaign_get(*, campaign_id: int) -> CampaignView:
     """`remaining` is live from the gate when it is loaded (it counts acceptances not yet
-    turned into coupons), else computed from PostgreSQL; both agree once drained."""
+    turned into coupons), else computed from PostgreSQL (also while Redis is unreachable:
+    a read never needs the gate); both agree once drained."""
     campaign = Campaign.objects.filter(pk=campaign_id).first()
     if campaign is None:
         raise Http404
-    remaining = gate_mod.gate_remaining(campaign_id)
+    try:
+        remaining = gate_mod.gate_remaining(campaign_id)
+    except RedisError:
+        remaining = None
     if remaining is None:
         accepted = CouponRequest.objects.filter(campaign_id=campaign_id).count()
         remaining = campaign.total_quantity - accepted
