@@ -128,14 +128,24 @@ def release_stock(ctx: StepContext) -> None:
         _execute(_RELEASE_SQL, [quantity, product_id])
 
 
+def _charge(ctx: StepContext) -> tuple[Decimal, str]:
+    """(total, payment token) of the order: from the saga's context, or from the order row
+    (without a row lock: none may be held across an HTTP call) for a saga started before
+    the context carried them."""
+    if "total" in ctx.context and "payment_token" in ctx.context:
+        return Decimal(ctx.context["total"]), ctx.context["payment_token"]
+    order = _order(ctx, lock=False)
+    return order.total, order.payment_token
+
+
 def authorize_payment(ctx: StepContext) -> dict[str, Any]:
-    order = _order(ctx, lock=False)  # no row lock held across the HTTP call
-    if order.total == 0:
+    total, token = _charge(ctx)
+    if total == 0:
         return {"authorization_id": ""}  # a 100% coupon: nothing to charge
     authorization_id = payments.authorize(
-        reference=order.saga_ref,
-        amount=order.total,
-        token=order.payment_token,
+        reference=f"order:{ctx.context['order_id']}",  # Order.saga_ref
+        amount=total,
+        token=token,
         idempotency_key=ctx.idempotency_key,
     )
     _move_order(ctx, authorization_id=authorization_id)

@@ -111,6 +111,7 @@ def order_place(
             "order_id": order.pk,
             "coupon_id": coupon_id,
             "total": str(total),
+            "payment_token": payment_token,
             "items": sorted([line.product_id, line.quantity] for line in lines),
         }
         saga_start(kind=KIND, ref=order.saga_ref, context=context)

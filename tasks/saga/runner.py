@@ -43,6 +43,7 @@ from .store import (
     _TAKE_SQL,
     _fetch_saga,
     _flush_moved_rows,
+    _forward_rows,
     _locked,
     _move_step,
     _save,
@@ -158,9 +159,7 @@ def _plan(saga: Saga, turn: _Turn) -> tuple[SagaStep, Step] | None:
                 continue
             direction = StepDirection.FORWARD
             if turn.rows is None:
-                turn.rows = list(
-                    saga.steps.select_for_update().filter(direction=direction).order_by("index")
-                )
+                turn.rows = _forward_rows(saga.pk)
             row = next((r for r in turn.rows if r.status not in _FORWARD_DONE), None)
             if row is None:
                 _saga_move(saga, SagaStatus.COMPLETED)

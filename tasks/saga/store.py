@@ -10,7 +10,7 @@ from typing import Any
 from django.db import connection
 from django.utils import timezone
 
-from ..models.saga import RUNNABLE, Saga, SagaStep
+from ..models.saga import RUNNABLE, Saga, SagaStep, StepDirection
 from .definition import STEP_MACHINE
 
 _SAGA_TABLE = f'"{Saga._meta.db_table}"'
@@ -67,6 +67,13 @@ _TAKE_SQL = (
     f"RETURNING {_SAGA_COLUMNS}"
 )
 _RUNNABLE_VALUES = [str(status.value) for status in RUNNABLE]
+_STEP_FIELDS = [f for f in SagaStep._meta.concrete_fields]
+_STEP_COLUMNS = ", ".join(f'"{f.column}"' for f in _STEP_FIELDS)
+_STEP_ATTNAMES = [f.attname for f in _STEP_FIELDS]
+_FORWARD_ROWS_SQL = (
+    f"SELECT {_STEP_COLUMNS} FROM {_STEP_TABLE} "
+    'WHERE saga_id = %s AND direction = %s ORDER BY "index" FOR UPDATE'
+)
 _CONTEXT_FIELD = Saga._meta.get_field("context")
 
 
@@ -89,6 +96,15 @@ def _fetch_saga(sql: str, params: list[Any]) -> Saga | None:
     saga = Saga.from_db(connection.alias, _SAGA_ATTNAMES, list(values.values()))
     saga._moved_rows = {}  # type: ignore[attr-defined]
     return saga
+
+
+def _forward_rows(saga_id: int) -> list[SagaStep]:
+    """The saga's forward step rows in step order, row-locked (a plain cursor, as above:
+    the queryset's model iteration cost more Python than the statement)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_FORWARD_ROWS_SQL, [saga_id, StepDirection.FORWARD.value])
+        rows = cursor.fetchall()
+    return [SagaStep.from_db(connection.alias, _STEP_ATTNAMES, list(row)) for row in rows]
 
 
 def _save(saga: Saga) -> None:
