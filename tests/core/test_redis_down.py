@@ -6,18 +6,19 @@ it, and the sweepers send it once Redis is back), what Redis must decide answers
 from __future__ import annotations
 
 import pytest
+import requests
 
 from apps.coupons import services as coupons
 from apps.orders.models import Product
 from config.devservices import PrivateRedis
 
-from ..harness import ApiClient, LiveProcess
+from ..harness import ApiClient, LiveProcess, wait_for
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
 
 def test_the_api_answers_with_redis_down(
-    api: ApiClient, live_web: LiveProcess, private_redis: PrivateRedis
+    api: ApiClient, live_web: LiveProcess, live_worker: LiveProcess, private_redis: PrivateRedis
 ) -> None:
     user = api.register()
     campaign = coupons.campaign_create(name="redis down", total_quantity=5, discount_percent=5)
@@ -45,6 +46,13 @@ def test_the_api_answers_with_redis_down(
         }
     finally:
         private_redis.start()
+        # Everything reconnects by itself (the worker too) once Redis is back.
+        wait_for(
+            lambda: requests.get(f"{live_web.url}/readyz", timeout=10).status_code == 200,
+            timeout=60,
+            interval=0.5,
+            what="readiness after Redis came back",
+        )
     codes = {name: response.status_code for name, response in answers.items()}
     assert codes == {
         # The login rate limit lives in Redis: without it, logins wait rather than go
