@@ -194,26 +194,35 @@ def test_storm_of_300_orders(
     assert detail["status"] == "confirmed"
 
 
-def test_worker_killed_mid_storm(
-    live_web: LiveProcess, live_worker: LiveProcess, live_gateway: str
-) -> None:
-    products, initial = make_products([40, 40, 40])
-    ids: list[int] = []
-    tokens: dict[int, str] = {}
+def strike_when_busy(strike: Callable[[], None]) -> threading.Thread:
+    """A started thread that waits until some order is mid-saga (stock reserved or paid),
+    then runs `strike` (a kill, a restart): the fault lands while work is in flight."""
 
-    def kill_when_busy() -> None:
+    def run() -> None:
         wait_for(
             lambda: Order.objects.filter(status__in=("reserved", "paid")).exists(),
             timeout=60,
             interval=0.05,
         )
-        connection.close()
+        connection.close()  # this thread's own, or the test database stays busy
+        strike()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_worker_killed_mid_storm(
+    live_web: LiveProcess, live_worker: LiveProcess, live_gateway: str
+) -> None:
+    products, initial = make_products([40, 40, 40])
+
+    def kill() -> None:
         live_worker.kill()
         time.sleep(0.5)
         live_worker.start()
 
-    killer = threading.Thread(target=kill_when_busy)
-    killer.start()
+    killer = strike_when_busy(kill)
     ids, tokens = storm(live_web.url or "", products, 120, seed=11)
     killer.join()
     drain(ids, timeout=200)
@@ -236,20 +245,13 @@ def test_storm_on_the_saga_threads_pool_with_a_kill(
     products, initial = make_products([40, 40, 40])
     before_kill: list[str] = []
 
-    def kill_when_busy() -> None:
-        wait_for(
-            lambda: Order.objects.filter(status__in=("reserved", "paid")).exists(),
-            timeout=60,
-            interval=0.05,
-        )
-        connection.close()
+    def kill() -> None:
         saga_worker.kill()
         before_kill.append(saga_worker.log_text())
         time.sleep(0.5)
         saga_worker.start()
 
-    killer = threading.Thread(target=kill_when_busy)
-    killer.start()
+    killer = strike_when_busy(kill)
     ids, tokens = storm(live_web.url or "", products, 120, seed=13)
     killer.join()
     drain(ids, timeout=200)
@@ -269,18 +271,11 @@ def test_redis_restarted_mid_storm(
     products, initial = make_products([40, 40, 40])
     restarted = threading.Event()
 
-    def restart_when_busy() -> None:
-        wait_for(
-            lambda: Order.objects.filter(status__in=("reserved", "paid")).exists(),
-            timeout=60,
-            interval=0.05,
-        )
-        connection.close()
+    def restart() -> None:
         redis_restart()
         restarted.set()
 
-    striker = threading.Thread(target=restart_when_busy)
-    striker.start()
+    striker = strike_when_busy(restart)
     bodies = storm_bodies(products, 120, seed=17)
     responses = post_all(live_web.url or "", bodies)
     striker.join()
