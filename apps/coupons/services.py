@@ -299,31 +299,37 @@ def coupons_persist_batch(*, campaign_id: int, batch_size: int = 2000) -> int:
     raise RuntimeError("three coupon code collisions in a row")
 
 
+# One statement per batch: claim accepted requests (SKIP LOCKED: drains of one campaign
+# never wait on each other), insert their coupons, mark them issued. Building 2,000 codes
+# and 10,000 parameters in Python cost a third of a pass; the codes come from PostgreSQL's
+# gen_random_uuid() (a strong random source; 48 random bits as 12 hex digits, like
+# _new_code). ON CONFLICT makes a redelivered batch a no-op; the statement-level trigger
+# counts the inserted rows and the campaign's check refuses any beyond the total.
+_PERSIST_SQL = f"""
+WITH picked AS (
+    SELECT id, user_id FROM {CouponRequest._meta.db_table}
+    WHERE campaign_id = %(campaign)s AND status = 'accepted'
+    ORDER BY id LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), made AS (
+    INSERT INTO {Coupon._meta.db_table}
+        (campaign_id, user_id, code, discount_percent, issued_at, used_at, used_by)
+    SELECT %(campaign)s, picked.user_id,
+        upper(substr(replace(gen_random_uuid()::text, '-', ''), 1, 12)),
+        (SELECT discount_percent FROM {Campaign._meta.db_table} WHERE id = %(campaign)s),
+        now(), NULL, ''
+    FROM picked
+    ON CONFLICT (campaign_id, user_id) DO NOTHING
+)
+UPDATE {CouponRequest._meta.db_table} AS r SET status = 'issued', issued_at = now()
+FROM picked WHERE r.id = picked.id
+"""
+
+
 def _persist_batch(*, campaign_id: int, batch_size: int) -> int:
-    with transaction.atomic():
-        pending = list(
-            CouponRequest.objects.select_for_update(skip_locked=True)
-            .filter(campaign_id=campaign_id, status=CouponRequest.Status.ACCEPTED)
-            .order_by("id")
-            .values_list("id", "user_id")[:batch_size]
-        )
-        if not pending:
-            return 0
-        discount = Campaign.objects.values_list("discount_percent", flat=True).get(pk=campaign_id)
-        now = timezone.now()
-        rows = [(campaign_id, user_id, _new_code(), discount, now) for _, user_id in pending]
-        with connection.cursor() as cursor:
-            values = ",".join(["(%s,%s,%s,%s,%s,NULL,'')"] * len(rows))
-            cursor.execute(
-                f"INSERT INTO {Coupon._meta.db_table} "
-                "(campaign_id, user_id, code, discount_percent, issued_at, used_at, used_by) "
-                f"VALUES {values} ON CONFLICT (campaign_id, user_id) DO NOTHING",
-                [value for row in rows for value in row],
-            )
-        CouponRequest.objects.filter(id__in=[request_id for request_id, _ in pending]).update(
-            status=CouponRequest.Status.ISSUED, issued_at=now
-        )
-    return len(pending)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_PERSIST_SQL, {"campaign": campaign_id, "limit": batch_size})
+        return int(cursor.rowcount)
 
 
 def coupons_pending_campaigns() -> list[int]:

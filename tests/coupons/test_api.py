@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from datetime import timedelta
 
 import pytest
@@ -103,6 +104,7 @@ def test_issue_then_drain_then_poll(staff: APIClient, make_user) -> None:
     polled = user.get(f"{CAMPAIGNS}{campaign['id']}/my-request/").json()
     assert polled["status"] == "issued"
     assert polled["coupon"]["discount_percent"] == 15
+    assert re.fullmatch(r"[0-9A-F]{12}", polled["coupon"]["code"])
     mine = user.get("/api/coupons/mine/").json()
     assert [c["code"] for c in mine["results"]] == [polled["coupon"]["code"]]
     assert set(mine["results"][0]) == {
@@ -272,3 +274,27 @@ def test_use_and_return_a_coupon(staff: APIClient, make_user) -> None:
     services.coupon_return(coupon_id=coupon.pk, used_by="order:1")
     assert Coupon.objects.get().used_at is None
     assert services.coupon_use(coupon_id=coupon.pk, user_id=user.user.pk, used_by="order:2")
+
+
+def test_a_batch_persists_each_request_once_with_distinct_codes(
+    staff: APIClient, make_user
+) -> None:
+    """The batch statement: every accepted request of the campaign becomes one coupon with
+    its own code and the campaign's discount, a second pass finds nothing, and another
+    campaign's requests are left alone."""
+    campaign, other = create(staff, total_quantity=50), create(staff, total_quantity=5)
+    users = [make_user() for _ in range(30)]
+    for user in users:
+        assert user.post(f"{CAMPAIGNS}{campaign['id']}/issue/").status_code == 202
+    assert users[0].post(f"{CAMPAIGNS}{other['id']}/issue/").status_code == 202
+    assert services.coupons_persist_batch(campaign_id=campaign["id"], batch_size=20) == 20
+    assert services.coupons_persist_batch(campaign_id=campaign["id"], batch_size=20) == 10
+    assert services.coupons_persist_batch(campaign_id=campaign["id"], batch_size=20) == 0
+    coupons = Coupon.objects.filter(campaign_id=campaign["id"])
+    assert coupons.count() == 30
+    assert len(set(coupons.values_list("code", flat=True))) == 30
+    assert set(coupons.values_list("discount_percent", flat=True)) == {15}
+    assert sorted(coupons.values_list("user_id", flat=True)) == sorted(u.user.pk for u in users)
+    assert not CouponRequest.objects.filter(campaign_id=campaign["id"], status="accepted").exists()
+    assert Campaign.objects.get(pk=campaign["id"]).issued_count == 30
+    assert CouponRequest.objects.get(campaign_id=other["id"]).status == "accepted"
