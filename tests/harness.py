@@ -60,6 +60,20 @@ def http_ready(url: str) -> bool:
         return False
 
 
+def wait_ready(base_url: str, *, timeout: float = 60, what: str = "readiness") -> None:
+    """Waits until `/readyz` answers 200: PostgreSQL, Redis, the broker and a live worker.
+    After Redis comes back, processes reconnect by themselves; a test that stopped or
+    restarted it waits for this, or the next test may publish before a worker listens."""
+
+    def ready() -> bool:
+        try:  # /readyz asks the workers for a reply, which takes a moment
+            return requests.get(f"{base_url}/readyz", timeout=10).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_for(ready, timeout=timeout, interval=0.5, what=what)
+
+
 # Every queue of config/celery.py: a test worker serves all the Procfile's workers serve.
 ALL_QUEUES = "high,default,bulk,saga"
 

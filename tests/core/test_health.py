@@ -7,7 +7,7 @@ import requests
 
 from config.devservices import PrivateRedis
 
-from ..harness import LiveProcess
+from ..harness import LiveProcess, wait_ready
 
 pytestmark = pytest.mark.live
 
@@ -53,11 +53,4 @@ def test_readyz_503_when_redis_is_down(
     finally:
         private_redis.start()
     # The worker reconnects by itself once Redis is back.
-    from ..harness import wait_for
-
-    wait_for(
-        lambda: requests.get(f"{live_web.url}/readyz", timeout=10).status_code == 200,
-        timeout=30,
-        interval=0.5,
-        what="readiness after Redis came back",
-    )
+    wait_ready(live_web.url or "", what="readiness after Redis came back")

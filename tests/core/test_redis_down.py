@@ -6,13 +6,12 @@ it, and the sweepers send it once Redis is back), what Redis must decide answers
 from __future__ import annotations
 
 import pytest
-import requests
 
 from apps.coupons import services as coupons
 from apps.orders.models import Product
 from config.devservices import PrivateRedis
 
-from ..harness import ApiClient, LiveProcess, wait_for
+from ..harness import ApiClient, LiveProcess, wait_ready
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
@@ -47,12 +46,7 @@ def test_the_api_answers_with_redis_down(
     finally:
         private_redis.start()
         # Everything reconnects by itself (the worker too) once Redis is back.
-        wait_for(
-            lambda: requests.get(f"{live_web.url}/readyz", timeout=10).status_code == 200,
-            timeout=60,
-            interval=0.5,
-            what="readiness after Redis came back",
-        )
+        wait_ready(live_web.url or "", what="readiness after Redis came back")
     codes = {name: response.status_code for name, response in answers.items()}
     assert codes == {
         # The login rate limit lives in Redis: without it, logins wait rather than go
