@@ -7,11 +7,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from django.db import router, transaction
+from django.db import models, router, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from ..models.ordering import CommandStatus, OrderedKey
+from ..models.ordering import CommandStatus, OrderedCommand, OrderedKey
 from ..outbox import outbox_enqueue
 from .outcome import ApplyOutcome, ApplyReport, C, K, OrderingError
 from .store import (
@@ -53,13 +53,7 @@ def apply_pending(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    fk_model, fk = _key_fk(command_model)
-    if fk_model is not key_model:
-        raise OrderingError(
-            f"{command_model._meta.label} is not ordered by {key_model._meta.label}"
-        )
-    extra_fields = _command_extra_fields(command_model, tuple(command_fields))
-    using = router.db_for_write(key_model)
+    fk, extra_fields, using = _bind(key_model, command_model, command_fields)
 
     with transaction.atomic(using=using):
         key = (
@@ -146,13 +140,7 @@ def apply_pending_keys(
     """
     if batch_size < 1 or max_keys < 1:
         raise ValueError("batch_size and max_keys must be at least 1")
-    fk_model, fk = _key_fk(command_model)
-    if fk_model is not key_model:
-        raise OrderingError(
-            f"{command_model._meta.label} is not ordered by {key_model._meta.label}"
-        )
-    extra_fields = _command_extra_fields(command_model, tuple(command_fields))
-    using = router.db_for_write(key_model)
+    fk, extra_fields, using = _bind(key_model, command_model, command_fields)
     reports: list[ApplyReport] = []
     done: list[tuple[K, list[C]]] = []
     with transaction.atomic(using=using):
@@ -204,6 +192,20 @@ def apply_pending_keys(
         for key, decided in done:
             on_decided(key, decided)
     return reports
+
+
+def _bind(
+    key_model: type[OrderedKey], command_model: type[OrderedCommand], command_fields: Sequence[str]
+) -> tuple[models.ForeignKey, tuple[models.Field[Any, Any], ...], str]:
+    """Checks that `command_model` is ordered by `key_model`: (its ForeignKey to the key,
+    the extra command fields an applier may write, the database alias to write to)."""
+    fk_model, fk = _key_fk(command_model)
+    if fk_model is not key_model:
+        raise OrderingError(
+            f"{command_model._meta.label} is not ordered by {key_model._meta.label}"
+        )
+    extra_fields = _command_extra_fields(command_model, tuple(command_fields))
+    return fk, extra_fields, router.db_for_write(key_model)
 
 
 def _progress(key: OrderedKey, decided: int, batch_size: int) -> tuple[bool, int | None]:

@@ -18,7 +18,6 @@ from ..models.ordering import OrderedCommand, OrderedKey
 def _write_keys(key_model: type[OrderedKey], keys: Sequence[OrderedKey], using: str) -> None:
     """`key.save(update_fields=<all but last_seq>)` for every key, in one UPDATE."""
     connection = connections[using]
-    qn = connection.ops.quote_name
     meta = key_model._meta
     pk = meta.pk
     assert pk is not None
@@ -27,19 +26,7 @@ def _write_keys(key_model: type[OrderedKey], keys: Sequence[OrderedKey], using: 
         field = meta.get_field(name)
         assert isinstance(field, models.Field)
         fields.append(field)
-    row_sql = "(" + ", ".join(f"%s::{_cast_type(f, connection)}" for f in fields) + ")"
-    params: list[Any] = []
-    for key in keys:
-        params.extend(f.get_db_prep_save(getattr(key, f.attname), connection) for f in fields)
-    names = [qn(_column(f)) for f in fields]
-    assignments = ", ".join(f"{name} = v.{name}" for name in names[1:])
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {qn(meta.db_table)} AS t SET {assignments} "
-            f"FROM (VALUES {', '.join([row_sql] * len(keys))}) AS v({', '.join(names)}) "
-            f"WHERE t.{names[0]} = v.{names[0]}",
-            params,
-        )
+    _update_from_values(connection, meta.db_table, fields, keys)
 
 
 @functools.cache
@@ -119,7 +106,6 @@ def _write_decisions(
 ) -> None:
     """One UPDATE … FROM (VALUES …) for the whole batch, whatever its size."""
     connection = connections[using]
-    qn = connection.ops.quote_name
     meta = command_model._meta
     pk = meta.pk
     assert pk is not None
@@ -129,17 +115,40 @@ def _write_decisions(
     assert isinstance(status, models.Field) and isinstance(reason, models.Field)
     assert isinstance(applied_at_field, models.Field)
     columns: list[models.Field[Any, Any]] = [pk, status, reason, *extra_fields]
-    row_sql = "(" + ", ".join(f"%s::{_cast_type(f, connection)}" for f in columns) + ")"
-    params: list[Any] = [applied_at_field.get_db_prep_save(applied_at, connection)]
-    for command in commands:
-        params.extend(f.get_db_prep_save(getattr(command, f.attname), connection) for f in columns)
-    names = [qn(_column(f)) for f in columns]
+    _update_from_values(
+        connection,
+        meta.db_table,
+        columns,
+        commands,
+        also=(applied_at_field, applied_at_field.get_db_prep_save(applied_at, connection)),
+    )
+
+
+def _update_from_values(
+    connection: Any,
+    table: str,
+    fields: Sequence[models.Field[Any, Any]],
+    rows: Sequence[models.Model],
+    *,
+    also: tuple[models.Field[Any, Any], Any] | None = None,
+) -> None:
+    """`UPDATE table SET <fields[1:]> FROM (VALUES <each row's fields>) WHERE <fields[0]>
+    matches`: every row saved by one statement, whatever their number. `also` sets one more
+    column to one value for every row."""
+    qn = connection.ops.quote_name
+    row_sql = "(" + ", ".join(f"%s::{_cast_type(f, connection)}" for f in fields) + ")"
+    names = [qn(_column(f)) for f in fields]
     assignments = ", ".join(f"{name} = v.{name}" for name in names[1:])
+    params: list[Any] = []
+    if also is not None:
+        assignments += f", {qn(_column(also[0]))} = %s"
+        params.append(also[1])
+    for row in rows:
+        params.extend(f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {qn(meta.db_table)} AS t "
-            f"SET {assignments}, {qn(_column(applied_at_field))} = %s "
-            f"FROM (VALUES {', '.join([row_sql] * len(commands))}) AS v({', '.join(names)}) "
+            f"UPDATE {qn(table)} AS t SET {assignments} "
+            f"FROM (VALUES {', '.join([row_sql] * len(rows))}) AS v({', '.join(names)}) "
             f"WHERE t.{names[0]} = v.{names[0]}",
             params,
         )
