@@ -74,24 +74,9 @@ def apply_pending(
             .filter(**{fk.attname: key_id, "seq__gt": start, "status": CommandStatus.PENDING})
             .order_by("seq")[:batch_size]
         )
-        applied = rejected = 0
-        decided: list[C] = []
-        for command in commands:
-            if command.seq != key.last_applied_seq + 1:
-                break  # a gap: a later seq is visible, the next one is not
-            outcome = apply(key, command)
-            if not isinstance(outcome, ApplyOutcome):
-                raise OrderingError(f"apply returned {outcome!r}, not an ApplyOutcome")
-            command.status = outcome.status
-            command.reason = outcome.reason
-            if outcome.status == CommandStatus.APPLIED:
-                applied += 1
-            elif outcome.status == CommandStatus.REJECTED:
-                rejected += 1
-            else:
-                raise OrderingError(f"apply decided {outcome.status!r} for seq {command.seq}")
-            key.last_applied_seq = command.seq
-            decided.append(command)
+        decided = _decide(key, commands, apply)
+        applied = sum(1 for command in decided if command.status == CommandStatus.APPLIED)
+        rejected = len(decided) - applied
 
         has_more, waiting_for = _progress(key, len(decided), batch_size)
         if waiting_for is not None:
