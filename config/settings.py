@@ -320,6 +320,9 @@ OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=7)
 SAGA_BACKOFF_BASE = env.float("SAGA_BACKOFF_BASE", default=1.0)
 SAGA_BACKOFF_MAX = env.float("SAGA_BACKOFF_MAX", default=60.0)
 SAGA_STEP_TIME_LIMIT = env.float("SAGA_STEP_TIME_LIMIT", default=60.0)
+# Hard limit = soft + this; a dead runner's lease expires this long after the hard limit.
+SAGA_HARD_LIMIT_MARGIN = env.float("SAGA_HARD_LIMIT_MARGIN", default=15.0)
+SAGA_LEASE_MARGIN = env.float("SAGA_LEASE_MARGIN", default=15.0)
 SAGA_RECOVER_AFTER = env.float("SAGA_RECOVER_AFTER", default=60.0)
 
 # --- Wallets -----------------------------------------------------------------------------

@@ -131,10 +131,13 @@ def live_env(django_db_setup: None, _session_gateway: LiveProcess) -> dict[str, 
         PAYMENT_GATEWAY_URL=_session_gateway.url or "",
         # tok_timeout orders give up after a few short waits instead of 2 s each.
         PAYMENT_GATEWAY_TIMEOUT_S="0.5",
-        # Saga retries in milliseconds, and a dead runner's lease expires in about 30 s.
+        # Saga retries in milliseconds, and a dead runner's lease expires after 2 + 4 + 4 s
+        # (the kill tests wait it out; production's margins are 15 s each).
         SAGA_BACKOFF_BASE="0.05",
         SAGA_BACKOFF_MAX="0.5",
         SAGA_STEP_TIME_LIMIT="2",
+        SAGA_HARD_LIMIT_MARGIN="4",
+        SAGA_LEASE_MARGIN="4",
         TRACE_FLUSH_INTERVAL="0.2",
         PYTHONUNBUFFERED="1",
         LOG_FORMAT="text",

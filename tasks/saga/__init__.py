@@ -51,7 +51,9 @@ the row lock and rolls back, and step functions bound their own calls (timeouts)
 Knobs (Django setting, else environment variable, else default): SAGA_BACKOFF_BASE (1 s),
 SAGA_BACKOFF_MAX (60 s), SAGA_COUNTDOWN_MAX (5 s), SAGA_RECOVER_AFTER (60 s: how long a queued
 advance may wait before the sweeper sends another), SAGA_STEP_TIME_LIMIT (60 s soft limit of a
-turn; the lease outlasts the hard limit so an expired lease means a dead runner),
+turn), SAGA_HARD_LIMIT_MARGIN (15 s: the hard limit is the soft one plus this),
+SAGA_LEASE_MARGIN (15 s: the lease outlasts the hard limit by this, so an expired lease
+means a dead runner),
 SAGA_TURN_BUDGET (2 s: a turn starts no new step after this long, so one saga never holds a
 worker for long while others wait), SAGA_WAKE_BATCH (500).
 

@@ -47,9 +47,9 @@ def _knob(name: str, default: float) -> float:
 
 
 STEP_SOFT_LIMIT = _knob("SAGA_STEP_TIME_LIMIT", 60.0)
-STEP_HARD_LIMIT = STEP_SOFT_LIMIT + 15
+STEP_HARD_LIMIT = STEP_SOFT_LIMIT + _knob("SAGA_HARD_LIMIT_MARGIN", 15.0)
 # Longer than the hard limit: once a lease has expired its runner is dead (or rolls back).
-LEASE_SECONDS = STEP_HARD_LIMIT + 15
+LEASE_SECONDS = STEP_HARD_LIMIT + _knob("SAGA_LEASE_MARGIN", 15.0)
 
 
 # --- Definitions -------------------------------------------------------------------------
