@@ -1,5 +1,5 @@
 """Starts Surge the way production runs it, for benchmarks: DEBUG off, gunicorn with
-cores + 1 sync workers, real Celery workers, a separate `<db>_bench` database.
+cores + 1 sync workers (or `BENCH_WEB_WORKERS`), real Celery workers, a separate `<db>_bench` database.
 
 Used under `config.devservices exec` (what `make bench` does), so DATABASE_URL and
 REDIS_URL point at running servers.
@@ -54,7 +54,9 @@ class Stack:
         saga_procs: int = 1,
         saga_concurrency: int = 16,
     ) -> None:
-        self.web_workers = web_workers or (os.cpu_count() or 2) + 1
+        self.web_workers = web_workers or int(
+            os.environ.get("BENCH_WEB_WORKERS") or (os.cpu_count() or 2) + 1
+        )
         self.worker_procs = worker_procs
         self.worker_concurrency = worker_concurrency
         # The Procfile's worker_saga: saga turns on a threads pool (queue `saga`).
