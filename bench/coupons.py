@@ -85,10 +85,10 @@ def run(*, duration: float, concurrency: int, total: int = 100_000) -> str:
     redis_url = _isolated_redis_url(os.environ["REDIS_URL"])
     os.environ["REDIS_URL"] = redis_url  # this process writes gates (campaign_create)
     with Stack(worker_procs=1, worker_concurrency=2, extra_env={"REDIS_URL": redis_url}) as stack:
-        keys = _users(stack, per_row * 3)
+        keys = _users(stack, per_row * 4)
         headers = _headers(keys)
-        noop_users, issue_users, naive_users = (
-            headers[i * per_row : (i + 1) * per_row] for i in range(3)
+        noop_users, issue_users, naive_users, gate_users = (
+            headers[i * per_row : (i + 1) * per_row] for i in range(4)
         )
         rows: list[LoadResult] = []
         rows.append(
@@ -123,6 +123,21 @@ def run(*, duration: float, concurrency: int, total: int = 100_000) -> str:
                 url=f"{stack.web_url}/api/bench/coupons/{naive}/naive-issue/",
                 method="POST",
                 header_sets=naive_users,
+                body=b"",
+                duration_s=duration,
+                concurrency=concurrency,
+                warmup_s=0,
+            )
+        )
+        # The ablation: the gate's decision alone, with no durable record (not a valid
+        # issue path): what is left of the gap to the no-op is the Redis script's.
+        gate_only = _campaign(total)
+        rows.append(
+            run_load(
+                name=f"ablation: gate only, no durable record ({total:,})",
+                url=f"{stack.web_url}/api/bench/coupons/{gate_only}/gate-only-issue/",
+                method="POST",
+                header_sets=gate_users,
                 body=b"",
                 duration_s=duration,
                 concurrency=concurrency,

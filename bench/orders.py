@@ -156,6 +156,15 @@ def _run(*, duration: float, rate: float, fast_url: str, slow_url: str) -> str:
         )  # fmt: skip
         _wait_terminal(start)
         _, burst_confirmed_rate, burst_confirmed = _confirm_latencies(start)
+        # The accept path's own ceiling on this box: the same closed loop with every
+        # worker stopped, so the web tier (and PostgreSQL) have both cores to themselves.
+        start = _last_order_id()
+        with stack.workers_paused():
+            accept_only = scenario(
+                name="POST /api/orders/ tok_ok closed loop c=64, workers stopped",
+                token="tok_ok", rate=None, duration=duration,
+            )  # fmt: skip
+        _wait_terminal(start)
     # 2. tok_slow (200 ms gateway): the saga's accept vs a synchronous checkout.
     with Stack(
         worker_procs=1, worker_concurrency=4, extra_env={"PAYMENT_GATEWAY_URL": slow_url}
@@ -180,7 +189,7 @@ def _run(*, duration: float, rate: float, fast_url: str, slow_url: str) -> str:
             name=f"synchronous checkout tok_slow at {rate:.0f}/s (no warmup)", token="tok_slow",
             rate=rate, duration=duration, path=SYNC_PATH, warmup=0.0,
         )  # fmt: skip
-    rows = [accept, burst, slow, sync_easy, sync]
+    rows = [accept, burst, accept_only, slow, sync_easy, sync]
     lines += [
         "gunicorn x3; worker 1 x 4 prefork, saga worker 1 x 16 threads (both nice 10); "
         "fake gateway 0 ms / 200 ms",

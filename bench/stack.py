@@ -1,5 +1,6 @@
 """Starts Surge the way production runs it, for benchmarks: DEBUG off, gunicorn with
-cores + 1 sync workers (or `BENCH_WEB_WORKERS`), real Celery workers, a separate `<db>_bench` database.
+cores + 1 sync workers (or `BENCH_WEB_WORKERS`), real Celery workers, a separate
+`<db>_bench` database.
 
 Used under `config.devservices exec` (what `make bench` does), so DATABASE_URL and
 REDIS_URL point at running servers.
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -184,6 +186,20 @@ class Stack:
                 pass
             time.sleep(0.3)
         raise RuntimeError(f"stack not ready; see logs in {LOG_DIR}")
+
+    @contextlib.contextmanager
+    def workers_paused(self) -> Iterator[None]:
+        """Stops every Celery worker (SIGSTOP to its process group) for the block, so the
+        web tier alone has the box; queued work waits in Redis and runs after SIGCONT."""
+        workers = self.procs[1:]  # the first is gunicorn
+        for proc in workers:
+            os.killpg(proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for proc in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGCONT)
 
     # --- helpers for scenarios ---------------------------------------------------------
     def django(self) -> Any:

@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.urls import URLPattern, path
 
-from apps.coupons.naive import NaiveIssueView
+from apps.coupons.naive import GateOnlyIssueView, NaiveIssueView
 from apps.orders.synchronous import SynchronousCheckoutView
 
 from . import api
@@ -18,10 +18,12 @@ bench_api_urlpatterns: list[URLPattern] = [
     path("one-query/", api.OneQueryView.as_view()),
 ]
 
-# Bench-only variants that write (a naive coupon issue, a synchronous checkout): routed
-# only when BENCH_WRITE_ENDPOINTS is on (bench/stack.py turns it on), never by default.
+# Bench-only variants that write (a naive coupon issue, the gate-only ablation, a
+# synchronous checkout): routed only when BENCH_WRITE_ENDPOINTS is on (bench/stack.py
+# turns it on), never by default.
 if settings.BENCH_WRITE_ENDPOINTS:
     bench_api_urlpatterns += [
         path("coupons/<int:campaign_id>/naive-issue/", NaiveIssueView.as_view()),
+        path("coupons/<int:campaign_id>/gate-only-issue/", GateOnlyIssueView.as_view()),
         path("orders/synchronous/", SynchronousCheckoutView.as_view()),
     ]
