@@ -47,6 +47,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 bench: $(STAMP)
+	@# wrk is the load generator the recorded figures use; as root with apt, install it.
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& { apt-get install -y -qq wrk >/dev/null 2>&1 \
+		     || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wrk >/dev/null 2>&1; }; }; } \
+		|| echo "bench: wrk not found; using the slower asyncio load generator (ratios differ)"
 	$(SERVICES) exec -- $(PY) -m bench $(BENCH_ARGS)
 
 services: $(STAMP)
