@@ -9,9 +9,7 @@ work commits, and never lost after that.
    the row commits at once).
 2. After the commit a relay publishes every row of that transaction in one batch (Redis
    pipelines: one round trip per up to 500 messages), then marks them sent with one
-   UPDATE. A crash (or a broker error) in between leaves rows unsent. That UPDATE's commit
-   does not wait for the disk (it runs on the request's path): a stamp lost with a
-   PostgreSQL crash only leaves the row unsent, and the sweeper publishes it again.
+   UPDATE. A crash (or a broker error) in between leaves rows unsent.
 3. A beat sweeper (`tasks.outbox_sweep`, every ~2 s) republishes, in batches claimed with
    `SELECT … FOR UPDATE SKIP LOCKED` (so sweepers on several hosts never take the same
    rows), every row that may have been lost:

@@ -27,24 +27,13 @@ _PIPELINE_MAX = 500
 _MARK_SENT = (
     f"UPDATE {OutboxMessage._meta.db_table} "
     "SET sent_at = STATEMENT_TIMESTAMP(), broker_epoch = %s, publish_count = publish_count + 1 "
-    "{from_} WHERE id = ANY(%s)"
+    "WHERE id = ANY(%s)"
 )
-# The stamp's own commit need not wait for the WAL flush: a stamp lost in a PostgreSQL crash
-# leaves the row looking unsent, and the sweeper publishes it again (consumers ignore a
-# message id they have seen). set_config(..., true) lasts for this statement's transaction.
-_NOT_DURABLE = "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS _async"
 
 
 def _mark_sent(rows: list[OutboxMessage], epoch: int, *, only_unsent: bool) -> None:
-    """Stamps `rows` sent into `epoch` (SQL by hand: this is on every relay's path).
-
-    In autocommit (the relay, after the caller's commit) the statement is its own
-    transaction, and its commit skips the wait for the disk: the relay runs on the
-    request's path (one fsync per accepted order). Inside a transaction (the sweeper's) the
-    setting would reach the caller's commit too, so there the statement is plain."""
-    sql = _MARK_SENT.format(from_="" if connection.in_atomic_block else _NOT_DURABLE)
-    if only_unsent:
-        sql += " AND sent_at IS NULL"
+    """Stamps `rows` sent into `epoch` (SQL by hand: this is on every relay's path)."""
+    sql = _MARK_SENT + " AND sent_at IS NULL" if only_unsent else _MARK_SENT
     with connection.cursor() as cursor:
         cursor.execute(sql, [epoch, [row.pk for row in rows]])
 

@@ -200,47 +200,6 @@ def test_autocommit_publishes_at_once(published: list[dict[str, Any]]) -> None:
     assert row.sent_at is not None
 
 
-def _synchronous_commit() -> str:
-    with connection.cursor() as cursor:
-        cursor.execute("SHOW synchronous_commit")
-        return str(cursor.fetchone()[0])
-
-
-@pytest.mark.django_db(transaction=True)
-def test_the_relays_stamp_skips_the_disk_wait_only_for_itself(
-    published: list[dict[str, Any]],
-) -> None:
-    """The relay's sent stamp commits without waiting for the WAL flush (a lost stamp is a
-    republish, never a loss), and the setting does not outlive that statement."""
-    outbox_broker_epoch()
-    with CaptureQueriesContext(connection) as queries:
-        row = outbox_enqueue(NOOP, args=["stamp"])
-    (stamp,) = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
-    assert "set_config('synchronous_commit', 'off', true)" in stamp
-    row.refresh_from_db()
-    assert row.sent_at is not None and row.publish_count == 1
-    assert _synchronous_commit() == "on"
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_stamp_inside_a_transaction_leaves_its_commit_durable(
-    published: list[dict[str, Any]],
-) -> None:
-    """The sweeper stamps inside its own transaction: there the stamp must not make the
-    whole transaction's commit skip the disk."""
-    from tasks.outbox.publish import _mark_sent
-
-    outbox_broker_epoch()
-    row = outbox_enqueue(NOOP, args=["swept"])
-    with CaptureQueriesContext(connection) as queries, transaction.atomic():
-        _mark_sent([row], 1, only_unsent=False)
-        assert _synchronous_commit() == "on"
-    (stamp,) = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
-    assert "set_config" not in stamp
-    row.refresh_from_db()
-    assert row.publish_count == 2
-
-
 # --- Sweeper -------------------------------------------------------------------------------
 @pytest.mark.django_db
 def test_sweeper_publishes_unsent_rows_once_they_are_old_enough(
