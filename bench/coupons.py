@@ -90,58 +90,42 @@ def run(*, duration: float, concurrency: int, total: int = 100_000) -> str:
         noop_users, issue_users, naive_users, gate_users = (
             headers[i * per_row : (i + 1) * per_row] for i in range(4)
         )
-        rows: list[LoadResult] = []
-        rows.append(
-            run_load(
-                name="authenticated DRF no-op POST",
-                url=f"{stack.web_url}/api/bench/noop-auth/",
-                method="POST",
-                header_sets=noop_users,
-                body=b"{}",
-                duration_s=duration,
-                concurrency=concurrency,
-                warmup_s=0,  # fresh users only, as in the rows below
-            )
-        )
+
+        def row(name: str, path: str, users: list[dict[str, str]], body: bytes = b"") -> LoadResult:
+            # No warm-up in any row: it would spend users (each may be accepted once), and
+            # every row sees only fresh users, so each pays the same token query.
+            return run_load(
+                name=name, url=f"{stack.web_url}{path}", method="POST", header_sets=users,
+                body=body, duration_s=duration, concurrency=concurrency, warmup_s=0,
+            )  # fmt: skip
+
+        rows: list[LoadResult] = [
+            row("authenticated DRF no-op POST", "/api/bench/noop-auth/", noop_users, b"{}")
+        ]
         surge = _campaign(total)
-        issue = run_load(
-            name=f"Surge issue ({total:,} coupons)",
-            url=f"{stack.web_url}/api/coupons/campaigns/{surge}/issue/",
-            method="POST",
-            header_sets=issue_users,
-            body=b"",
-            duration_s=duration,
-            concurrency=concurrency,
-            warmup_s=0,  # a warm-up would spend users: each may be accepted once
+        issue = row(
+            f"Surge issue ({total:,} coupons)",
+            f"/api/coupons/campaigns/{surge}/issue/",
+            issue_users,
         )
         rows.append(issue)
         drain_tail_s = _wait_drained(surge)
         naive = _campaign(total)
         rows.append(
-            run_load(
-                name=f"naive issue: row lock + insert in the request ({total:,})",
-                url=f"{stack.web_url}/api/bench/coupons/{naive}/naive-issue/",
-                method="POST",
-                header_sets=naive_users,
-                body=b"",
-                duration_s=duration,
-                concurrency=concurrency,
-                warmup_s=0,
+            row(
+                f"naive issue: row lock + insert in the request ({total:,})",
+                f"/api/bench/coupons/{naive}/naive-issue/",
+                naive_users,
             )
         )
         # The ablation: the gate's decision alone, with no durable record (not a valid
         # issue path): what is left of the gap to the no-op is the Redis script's.
         gate_only = _campaign(total)
         rows.append(
-            run_load(
-                name=f"ablation: gate only, no durable record ({total:,})",
-                url=f"{stack.web_url}/api/bench/coupons/{gate_only}/gate-only-issue/",
-                method="POST",
-                header_sets=gate_users,
-                body=b"",
-                duration_s=duration,
-                concurrency=concurrency,
-                warmup_s=0,
+            row(
+                f"ablation: gate only, no durable record ({total:,})",
+                f"/api/bench/coupons/{gate_only}/gate-only-issue/",
+                gate_users,
             )
         )
 
