@@ -191,7 +191,8 @@ def _run(*, duration: float, rate: float, fast_url: str, slow_url: str) -> str:
         )  # fmt: skip
     rows = [accept, burst, accept_only, slow, sync_easy, sync]
     lines += [
-        "gunicorn x3; worker 1 x 4 prefork, saga worker 1 x 16 threads (both nice 10); "
+        f"gunicorn x{stack.web_workers}; worker 1 x 4 prefork, saga worker 1 x 16 threads "
+        "(both nice 10); "
         "fake gateway 0 ms / 200 ms",
         "",
         format_table(

@@ -69,10 +69,10 @@ def test_docs_home_and_admin_pages(client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
 
 
-def test_bench_variants_that_break_guarantees_are_not_routed(django_user_model) -> None:
-    """The naive issue, the gate-only ablation (no durable record) and the synchronous
-    checkout exist for the bench stack only (BENCH_WRITE_ENDPOINTS): by default they are
-    unknown routes, answered with the API's JSON 404."""
+def test_bench_only_write_variants_are_not_routed_by_default(django_user_model) -> None:
+    """The naive issue, the gate-only ablation (which drops the durable record) and the
+    synchronous checkout exist for the bench stack only (BENCH_WRITE_ENDPOINTS): by default
+    they are unknown routes, answered with the API's JSON 404."""
     from django.conf import settings
 
     assert settings.BENCH_WRITE_ENDPOINTS is False
