@@ -299,26 +299,37 @@ def test_storm_with_duplicates_and_shuffles_matches_the_sequential_model(
         assert f"Task {APPLY}[" in worker.log_text(), f"{worker.name} applied nothing"
 
 
+def _storm_struck_at_a_third(
+    base_url: str, label: str, strike: Callable[[], None]
+) -> tuple[list[Accepted], list[int], int]:
+    """A 20-wallet x 40-request storm that runs `strike` once a third of it has been sent;
+    returns `_storm`'s accepted requests and wallet ids, and the requests per wallet."""
+    seed = random.randrange(2**32)
+    print(f"wallets {label} seed={seed}")
+    wallets, per_wallet = 20, 40
+    struck_at: list[int] = []
+
+    def at_a_third(done: int) -> None:
+        if done == wallets * per_wallet // 3:
+            strike()
+            struck_at.append(done)
+
+    accepted, wallet_ids = _storm(
+        base_url, wallets=wallets, per_wallet=per_wallet, seed=seed, during=at_a_third
+    )
+    assert struck_at, "the strike never happened"
+    return accepted, wallet_ids, per_wallet
+
+
 def test_worker_sigkill_mid_storm_changes_nothing(
     live_web: LiveProcess, worker_pool: Callable[..., list[LiveProcess]]
 ) -> None:
     victim, *survivors = worker_pool(3)
-    seed = random.randrange(2**32)
-    print(f"wallets sigkill seed={seed}")
-    wallets, per_wallet = 20, 40
-    killed_at: list[int] = []
-
-    def kill_mid_storm(done: int) -> None:
-        # A third of the way in, while the victim is busy applying.
-        if done == wallets * per_wallet // 3:
-            victim.kill()
-            killed_at.append(done)
-
-    accepted, wallet_ids = _storm(
-        live_web.url or "", wallets=wallets, per_wallet=per_wallet, seed=seed,
-        during=kill_mid_storm,
-    )  # fmt: skip
-    assert killed_at and not victim.alive()
+    # A third of the way in, while the victim is busy applying.
+    accepted, wallet_ids, per_wallet = _storm_struck_at_a_third(
+        live_web.url or "", "sigkill", victim.kill
+    )
+    assert not victim.alive()
     assert f"Task {APPLY}[" in victim.log_text(), "the victim was killed before it worked"
 
     _wait_decided(wallet_ids, per_wallet)
@@ -334,22 +345,10 @@ def test_redis_restart_mid_storm_loses_and_repeats_nothing(
     is still a 202; the pending rows are the record of the work, and beat's sweep (sent
     here) wakes a drain for each wallet that still has some."""
     workers = worker_pool(2)
-    seed = random.randrange(2**32)
-    print(f"wallets redis restart seed={seed}")
-    wallets, per_wallet = 20, 40
-    restarted_at: list[int] = []
-
-    def restart_mid_storm(done: int) -> None:
-        if done == wallets * per_wallet // 3:
-            redis_restart()
-            restarted_at.append(done)
-
-    accepted, wallet_ids = _storm(
-        live_web.url or "", wallets=wallets, per_wallet=per_wallet, seed=seed,
-        during=restart_mid_storm,
-    )  # fmt: skip
-    assert restarted_at
-    assert len(accepted) == wallets * per_wallet
+    accepted, wallet_ids, per_wallet = _storm_struck_at_a_third(
+        live_web.url or "", "redis restart", redis_restart
+    )
+    assert len(accepted) == len(wallet_ids) * per_wallet
 
     _wait_decided(wallet_ids, per_wallet, sweep=True)
     _assert_sequential(accepted, wallet_ids, per_wallet)
