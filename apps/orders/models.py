@@ -44,6 +44,11 @@ class OrderStatus(models.TextChoices):
     COMPENSATION_FAILED = "compensation_failed"
 
 
+def order_saga_ref(order_id: int) -> str:
+    """The `ref` of an order's saga (and the reference its payments carry)."""
+    return f"order:{order_id}"
+
+
 class Order(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="orders"
@@ -76,7 +81,7 @@ class Order(models.Model):
 
     @property
     def saga_ref(self) -> str:
-        return f"order:{self.pk}"
+        return order_saga_ref(self.pk)
 
 
 class OrderItem(models.Model):

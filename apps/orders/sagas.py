@@ -23,7 +23,7 @@ from tasks.saga import Step, StepContext, StepFailed, define_saga
 
 from . import payments
 from .errors import FailureReason
-from .models import Order, OrderItem, OrderStatus, Product
+from .models import Order, OrderItem, OrderStatus, Product, order_saga_ref
 
 KIND = "orders.checkout"
 
@@ -143,7 +143,7 @@ def authorize_payment(ctx: StepContext) -> dict[str, Any]:
     if total == 0:
         return {"authorization_id": ""}  # a 100% coupon: nothing to charge
     authorization_id = payments.authorize(
-        reference=f"order:{ctx.context['order_id']}",  # Order.saga_ref
+        reference=order_saga_ref(ctx.context["order_id"]),
         amount=total,
         token=token,
         idempotency_key=ctx.idempotency_key,

@@ -21,7 +21,7 @@ from tasks.saga import (
 )
 
 from .errors import OrderError
-from .models import Order, OrderItem, OrderStatus, Product
+from .models import Order, OrderItem, OrderStatus, Product, order_saga_ref
 from .sagas import KIND
 
 CENTS = Decimal("0.01")
@@ -137,6 +137,6 @@ def order_cancel(*, order: Order) -> Order:
 
 def order_retry_compensation(*, order_id: int) -> None:
     """The operator's "retry compensation" for an order parked in compensation_failed."""
-    saga = saga_get_by_ref(kind=KIND, ref=f"order:{order_id}")
+    saga = saga_get_by_ref(kind=KIND, ref=order_saga_ref(order_id))
     if saga is not None:
         saga_resume_compensation(saga_id=saga.pk)
