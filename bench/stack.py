@@ -76,7 +76,7 @@ class Stack:
             DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
             DATABASE_URL=_bench_database_url(os.environ["DATABASE_URL"]),
             LOG_LEVEL="WARNING",
-            BENCH_WRITE_ENDPOINTS="true",
+            LAB_ENABLED="true",
             PYTHONUNBUFFERED="1",
             DJANGO_SUPERUSER_USERNAME="bench-admin",
             DJANGO_SUPERUSER_PASSWORD=secrets.token_urlsafe(16),

@@ -52,6 +52,12 @@ INSTALLED_APPS = [
     "apps.wallets",
     "apps.orders",
 ]
+# The lab (apps/lab): the naive, synchronous and ablation variants and the no-op baselines
+# the bench compares Surge against. Installed and routed only with this on (bench/stack.py
+# sets it); never on in a real deployment. The production apps import nothing from it.
+LAB_ENABLED = env.bool("LAB_ENABLED", default=False)
+if LAB_ENABLED:
+    INSTALLED_APPS.append("apps.lab")
 
 MIDDLEWARE = [
     "apps.core.middleware.RequestIdMiddleware",
@@ -333,6 +339,3 @@ WALLET_MAX_AMOUNT = env.str("WALLET_MAX_AMOUNT", default="1000000.00")
 WALLETS_APPLY_MODE = env.str("WALLETS_APPLY_MODE", default="ordered")
 if WALLETS_APPLY_MODE not in ("ordered", "naive"):
     raise ImproperlyConfigured("WALLETS_APPLY_MODE must be 'ordered' or 'naive'.")
-
-# Bench-only endpoints that write (bench/stack.py sets it); never on in a real deployment.
-BENCH_WRITE_ENDPOINTS = env.bool("BENCH_WRITE_ENDPOINTS", default=False)

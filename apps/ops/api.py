@@ -1,17 +1,13 @@
-"""The diagnostic ping API and the bench's baseline endpoints."""
+"""The diagnostic ping API."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth import get_user_model
-from django.http import HttpRequest, JsonResponse
-from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.authentication import TokenAuthentication
 from rest_framework.generics import ListAPIView
-from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -78,52 +74,3 @@ class PingDetailView(APIView):
     def get(self, request: Request, ping_id: int) -> Response:
         ping = selectors.ping_get_for_user(ping_id=ping_id, user_id=caller_id(request))
         return Response(PingOut(ping).data)
-
-
-# --- Baselines for bench/: each does as little as its layer allows ------------------------
-
-
-@csrf_exempt
-def plain_noop(request: HttpRequest) -> JsonResponse:
-    """Plain Django: no DRF, no auth."""
-    return JsonResponse({"ok": True})
-
-
-class _NoSchema(APIView):
-    schema = None  # bench plumbing, kept out of the public API document
-
-
-class AnonymousNoopView(_NoSchema):
-    authentication_classes: list[Any] = []
-    permission_classes = [AllowAny]
-
-    def post(self, request: Request) -> Response:
-        return Response({"ok": True})
-
-
-class AuthenticatedNoopView(_NoSchema):
-    """The API's real authentication, and nothing else."""
-
-    permission_classes = [IsAuthenticated]
-
-    def post(self, request: Request) -> Response:
-        return Response({"ok": True, "user": request.user.pk})
-
-
-class StockTokenAuthNoopView(_NoSchema):
-    """DRF's own TokenAuthentication (a query per request), for comparison only."""
-
-    authentication_classes = [TokenAuthentication]
-    permission_classes = [IsAuthenticated]
-
-    def post(self, request: Request) -> Response:
-        return Response({"ok": True, "user": request.user.pk})
-
-
-class OneQueryView(_NoSchema):
-    authentication_classes: list[Any] = []
-    permission_classes = [AllowAny]
-
-    def get(self, request: Request) -> Response:
-        exists = get_user_model().objects.filter(pk=1).exists()
-        return Response({"ok": exists})

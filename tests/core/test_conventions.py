@@ -67,23 +67,3 @@ def test_docs_home_and_admin_pages(client) -> None:
         assert link in home.content
     assert client.get("/admin/login/").status_code == 200
     assert client.get("/healthz").json() == {"status": "ok"}
-
-
-def test_bench_only_write_variants_are_not_routed_by_default(django_user_model) -> None:
-    """The naive issue, the gate-only ablation (which drops the durable record) and the
-    synchronous checkout exist for the bench stack only (BENCH_WRITE_ENDPOINTS): by default
-    they are unknown routes, answered with the API's JSON 404."""
-    from django.conf import settings
-
-    assert settings.BENCH_WRITE_ENDPOINTS is False
-    client = APIClient()
-    client.force_authenticate(django_user_model.objects.create_user("bench-probe"))
-    for path in (
-        "/api/bench/coupons/1/naive-issue/",
-        "/api/bench/coupons/1/gate-only-issue/",
-        "/api/bench/orders/synchronous/",
-    ):
-        response = client.post(path, {}, format="json")
-        assert response.status_code == 404, path
-        assert response.json()["code"] == "not_found"
-    assert client.post("/api/bench/noop-auth/", {}, format="json").status_code == 200
