@@ -334,8 +334,3 @@ SAGA_RECOVER_AFTER = env.float("SAGA_RECOVER_AFTER", default=60.0)
 # --- Wallets -----------------------------------------------------------------------------
 # The largest amount one transaction may move (a decimal string).
 WALLET_MAX_AMOUNT = env.str("WALLET_MAX_AMOUNT", default="1000000.00")
-# "ordered": the per-wallet applier. "naive": the seed lab's counter-example (one unordered
-# task per transaction, wrong on purpose); never in production.
-WALLETS_APPLY_MODE = env.str("WALLETS_APPLY_MODE", default="ordered")
-if WALLETS_APPLY_MODE not in ("ordered", "naive"):
-    raise ImproperlyConfigured("WALLETS_APPLY_MODE must be 'ordered' or 'naive'.")

@@ -17,7 +17,7 @@ from django.db.models import F
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
-from rest_framework import status
+from rest_framework import serializers, status
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
@@ -25,11 +25,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.core.api import caller_id
+from apps.core.idempotency import idempotent
 from apps.coupons import gate as gate_mod
 from apps.coupons.models import Campaign, Coupon
 from apps.coupons.services import drain_lease_ms
 from apps.orders import payments
 from apps.orders.models import Order, OrderItem, OrderStatus, Product
+from apps.wallets import selectors as wallet_selectors
+from apps.wallets.api import TransactionIn
 
 from . import services
 
@@ -171,3 +174,31 @@ class SynchronousCheckoutView(_NoSchema):
         )
         Order.objects.filter(pk=order.pk).update(status=OrderStatus.CONFIRMED)
         return Response({"id": order.pk, "status": "confirmed"}, status=status.HTTP_201_CREATED)
+
+
+# --- Wallets: the naive apply -----------------------------------------------------------
+
+
+class NaiveTransactionView(_NoSchema):
+    """POST /api/wallets/{id}/transactions/ to the letter (body, answers, errors,
+    Idempotency-Key), but the transaction is applied by a naive task of its own
+    (`services.transaction_accept_naive`) instead of the wallet's ordered drain."""
+
+    permission_classes = [IsAuthenticated]
+
+    @idempotent
+    def post(self, request: Request, wallet_id: int) -> Response:
+        user_id = caller_id(request)
+        data = TransactionIn(data=request.data)
+        if not data.is_valid():
+            # Another user's wallet is a 404 whatever the body says.
+            wallet_selectors.wallet_get_for_user(wallet_id=wallet_id, user_id=user_id)
+            raise serializers.ValidationError(data.errors)
+        accepted = services.transaction_accept_naive(
+            wallet_id=wallet_id,
+            owner_id=user_id,
+            kind=data.validated_data["kind"],
+            amount=data.validated_data["amount"],
+        )
+        body = {"id": accepted.pk, "seq": accepted.seq, "status": accepted.status}
+        return Response(body, status=status.HTTP_202_ACCEPTED)

@@ -9,6 +9,8 @@ from celery import shared_task
 from apps.core.redis import get_redis
 from tasks.base import SurgeTask
 
+from . import services
+
 
 @shared_task(name="ops.noop")
 def noop() -> None:
@@ -25,3 +27,9 @@ def bench_ack(list_key: str) -> None:
 def bench_ack_surge(list_key: str) -> None:
     """`bench_ack` on the Surge base task: the bench's measure of the toolkit's overhead."""
     get_redis().rpush(list_key, 1)
+
+
+@shared_task(name="lab.wallets_apply_naive", base=SurgeTask)
+def wallets_apply_naive(transaction_id: int) -> None:
+    """The naive wallet variant's applier: one transaction, in delivery order (wrong)."""
+    services.transaction_apply_naive(transaction_id=transaction_id)

@@ -13,6 +13,8 @@ bench_api_urlpatterns: list[URLPattern] = [
     path("coupons/<int:campaign_id>/naive-issue/", api.NaiveIssueView.as_view()),
     path("coupons/<int:campaign_id>/gate-only-issue/", api.GateOnlyIssueView.as_view()),
     path("orders/synchronous/", api.SynchronousCheckoutView.as_view()),
+    # The real POST /api/wallets/{id}/transactions/, applied naively (same body and answers).
+    path("wallets/<int:wallet_id>/naive-transactions/", api.NaiveTransactionView.as_view()),
 ]
 
 urlpatterns: list[URLPattern | URLResolver] = [

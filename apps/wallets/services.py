@@ -1,4 +1,4 @@
-"""Every write of the wallets app: create, accept, apply (ordered, and the naive lab variant).
+"""Every write of the wallets app: create, accept, apply in order.
 
 The hard part (a gapless per-wallet `seq` at acceptance, strict in-order application under
 at-least-once delivery) is `tasks.ordering`; this module only says what a deposit and a
@@ -11,19 +11,15 @@ import logging
 import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from enum import StrEnum
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.db.models import F
-from django.utils import timezone
 
 from apps.core.errors import ErrorCode, SurgeError
 from tasks.base import queue_time_limits
 from tasks.context import get_request_id
-from tasks.models.ordering import CommandStatus
 from tasks.ordering import (
     ApplyOutcome,
     ApplyReport,
@@ -38,16 +34,12 @@ from .errors import RejectionReason
 from .models import MONEY_DECIMAL_PLACES, MONEY_MAX_DIGITS, Wallet, WalletTransaction
 
 __all__ = [
-    "APPLY_NAIVE_TASK",
     "APPLY_TASK",
     "DRAIN_TASK",
-    "ApplyMode",
     "DecidedTransaction",
     "amount_problem",
-    "apply_mode",
     "max_amount",
     "transaction_accept",
-    "transaction_apply_naive",
     "transaction_decide",
     "transactions_apply",
     "transactions_drain",
@@ -60,7 +52,6 @@ logger = logging.getLogger(__name__)
 
 # The names of the tasks in tasks.py: the outbox publishes by name.
 APPLY_TASK = "wallets.apply"
-APPLY_NAIVE_TASK = "wallets.apply_naive"
 # The drain of every wallet's pending transactions (see `transactions_drain`).
 DRAIN_TASK = "wallets.drain"
 DRAIN_QUEUE = "high"
@@ -80,13 +71,6 @@ MAX_BALANCE = Decimal(10 ** (MONEY_MAX_DIGITS - MONEY_DECIMAL_PLACES)) - Decimal
 CENT = Decimal("0.01")
 
 
-class ApplyMode(StrEnum):
-    ORDERED = "ordered"
-    # The seed lab's counter-example: one plain task per transaction, no ordering, a
-    # read-modify-write of the balance. Wrong by design; never the default.
-    NAIVE = "naive"
-
-
 @dataclass(frozen=True, slots=True)
 class DecidedTransaction:
     """One transaction the applier decided, as the owner is told about it."""
@@ -97,17 +81,6 @@ class DecidedTransaction:
     reason: str
     balance_after: Decimal
     request_id: str
-
-
-def apply_mode() -> ApplyMode:
-    """`WALLETS_APPLY_MODE` ("ordered" unless set); anything else is a configuration bug."""
-    value = getattr(settings, "WALLETS_APPLY_MODE", ApplyMode.ORDERED.value)
-    try:
-        return ApplyMode(value)
-    except ValueError:
-        raise ImproperlyConfigured(
-            f"WALLETS_APPLY_MODE must be 'ordered' or 'naive', not {value!r}"
-        ) from None
 
 
 def max_amount() -> Decimal:
@@ -155,7 +128,6 @@ def transaction_accept(
     if problem or kind not in WalletTransaction.Kind.values:
         fields = {"amount": [problem]} if problem else {"kind": [f'"{kind}" is not valid.']}
         raise SurgeError(ErrorCode.INVALID, "Invalid input.", fields=fields)
-    mode = apply_mode()
     try:
         with transaction.atomic():
             accepted = accept_command(
@@ -169,10 +141,7 @@ def transaction_accept(
             )
             if owner_id is not None and wallet_owner_id != owner_id:
                 raise Wallet.DoesNotExist  # rolls back the seq and the command
-            if mode == ApplyMode.ORDERED:
-                transaction.on_commit(_drain_wake)
-            else:
-                outbox_enqueue(APPLY_NAIVE_TASK, args=[accepted.pk])
+            transaction.on_commit(_drain_wake)
     except Wallet.DoesNotExist:
         raise SurgeError(ErrorCode.NOT_FOUND, "Not found.", status=404) from None
     return accepted
@@ -404,42 +373,3 @@ def wallet_applied_notify(
         decided[-1].seq,
         decided[-1].balance_after,
     )
-
-
-def transaction_apply_naive(*, transaction_id: int) -> bool:
-    """THE WRONG WAY, kept for the seed lab (`WALLETS_APPLY_MODE=naive`): applies one
-    transaction whenever its task runs, whatever its seq, by reading the balance and
-    writing it back without a lock.
-
-    What it gets wrong, on purpose: deliveries out of order decide withdrawals against the
-    wrong balance (a valid one is refused, or an invalid one passes), and two of them for
-    one wallet at once lose an update. It keeps only what the database enforces (each
-    transaction decided once, no negative balance). Returns False when there was nothing
-    to do.
-    """
-    command = WalletTransaction.objects.filter(
-        pk=transaction_id, status=CommandStatus.PENDING
-    ).first()
-    if command is None:
-        return False
-    wallet = Wallet.objects.filter(pk=command.wallet_id).first()  # read, no lock
-    if wallet is None:
-        return False
-    outcome = transaction_decide(wallet, command)
-    with transaction.atomic():
-        decided = WalletTransaction.objects.filter(
-            pk=command.pk, status=CommandStatus.PENDING
-        ).update(
-            status=outcome.status,
-            reason=outcome.reason,
-            balance_after=command.balance_after,
-            applied_at=timezone.now(),
-        )
-        if not decided:
-            return False  # a duplicate delivery decided it meanwhile
-        # ... and write back what was read (a lost update when another ran in between).
-        # `last_applied_seq` only counts decisions here: it is no position in any order.
-        Wallet.objects.filter(pk=wallet.pk).update(
-            balance=wallet.balance, last_applied_seq=F("last_applied_seq") + 1
-        )
-    return True

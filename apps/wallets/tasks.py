@@ -26,9 +26,3 @@ def drain() -> None:
 def sweep() -> None:
     """Beat: wake a drain when a wallet has pending transactions (a lost wake's net)."""
     services.wallets_sweep()
-
-
-@shared_task(name="wallets.apply_naive", base=SurgeTask)
-def apply_naive(transaction_id: int) -> None:
-    """The seed lab's unordered variant (`WALLETS_APPLY_MODE=naive`): wrong on purpose."""
-    services.transaction_apply_naive(transaction_id=transaction_id)

@@ -25,8 +25,9 @@ LAB_ROUTES = (
     "/api/bench/coupons/1/naive-issue/",
     "/api/bench/coupons/1/gate-only-issue/",
     "/api/bench/orders/synchronous/",
+    "/api/bench/wallets/1/naive-transactions/",
 )
-LAB_TASKS = ("ops.bench_ack", "ops.bench_ack_surge", "ops.noop")
+LAB_TASKS = ("lab.wallets_apply_naive", "ops.bench_ack", "ops.bench_ack_surge", "ops.noop")
 # Where the production code lives: every package of the project but the lab (and tests).
 PRODUCTION = ("apps", "config", "tasks")
 
@@ -83,7 +84,7 @@ def test_production_code_imports_nothing_from_the_lab() -> None:
 @pytest.mark.django_db
 def test_with_the_lab_off_its_routes_are_the_apis_404(django_user_model) -> None:
     """By default the naive issue, the gate-only ablation (which drops the durable record),
-    the synchronous checkout and the no-op baselines are unknown
+    the synchronous checkout, the naive wallet variant and the no-op baselines are unknown
     routes: JSON 404s under /api/, and the lab app is not installed."""
     from django.apps import apps
     from django.conf import settings

@@ -1,7 +1,7 @@
 """Wallets on the real stack: threads hammer the HTTP API, several worker processes apply,
 duplicate and shuffled deliveries are injected, a worker is SIGKILLed; the stored log must
-equal a sequential model of what the API accepted. And the naive variant, fed the same kind
-of input, must not.
+equal a sequential model of what the API accepted. (The naive variant, fed the same kind of
+input, gets it wrong: tests/lab/test_live.py.)
 """
 
 from __future__ import annotations
@@ -30,13 +30,11 @@ from config.celery import app
 from config.devservices import PrivateRedis
 
 from ..harness import ApiClient, LiveProcess, wait_for
-from .conftest import NAIVE
 from .model import DEPOSIT, WITHDRAWAL, sequential_model, stored_decisions
 
 pytestmark = pytest.mark.live
 
 APPLY = "wallets.apply"
-APPLY_NAIVE = "wallets.apply_naive"
 DRAIN = "wallets.drain"
 THREADS = 16
 # Never covered by any balance the plans can build: every wallet has a rejection.
@@ -97,10 +95,15 @@ def _plan(wallets: list[tuple[str, int]], *, per_wallet: int, rng: random.Random
 
 
 def _submit(
-    base_url: str, plan: list[Request], *, on_each: Callable[[], None] | None = None
+    base_url: str,
+    plan: list[Request],
+    *,
+    on_each: Callable[[], None] | None = None,
+    path: str = "/api/wallets/{wallet_id}/transactions/",
 ) -> list[Accepted]:
     """Posts the plan from THREADS threads (a shared queue, so the plan's order holds
-    roughly); requests with an Idempotency-Key are sent twice and must replay."""
+    roughly); requests with an Idempotency-Key are sent twice and must replay. `path` is
+    where (the lab's naive variant takes the same requests elsewhere)."""
     work: queue.SimpleQueue[Request] = queue.SimpleQueue()
     for item in plan:
         work.put(item)
@@ -117,7 +120,7 @@ def _submit(
             headers = {"Authorization": f"Token {item.token}"}
             if item.idempotency_key:
                 headers["Idempotency-Key"] = item.idempotency_key
-            url = f"{base_url}/api/wallets/{item.wallet_id}/transactions/"
+            url = base_url + path.format(wallet_id=item.wallet_id)
             body = {"kind": item.kind, "amount": item.amount}
             response = session.post(url, json=body, headers=headers, timeout=60)
             assert response.status_code == 202, response.text
@@ -480,79 +483,3 @@ def test_worker_sigkill_mid_drain_pass_loses_and_repeats_nothing(
 
 def _queued_task_names(broker: redis.Redis, queue_name: str = "default") -> list[str]:
     return [json.loads(raw)["headers"]["task"] for raw in broker.lrange(queue_name, 0, -1)]
-
-
-def test_naive_mode_gets_the_same_kind_of_input_wrong(
-    live_worker: LiveProcess,
-    naive_web: LiveProcess,
-    worker_pool: Callable[..., list[LiveProcess]],
-    private_redis: PrivateRedis,
-) -> None:
-    """WALLETS_APPLY_MODE=naive: one plain task per transaction, applied in whatever order
-    it is delivered. Deliveries are reordered on purpose (as a broker may after a
-    redelivery) so the failure is certain, not a lucky race: for half of the wallets the
-    naive tasks arrive in reverse seq order, for the other half in order."""
-    live_worker.kill()  # nothing may consume until the deliveries are reordered
-    broker = redis.Redis.from_url(private_redis.url)
-    broker.delete("default")
-    seed = random.randrange(2**32)
-    print(f"wallets naive seed={seed}")
-    rng = random.Random(seed)
-    base_url = naive_web.url or ""
-    wallets, per_wallet = 20, 20
-
-    opened = _open_wallets(base_url, users=4, per_user=5)
-    wallet_ids = [wallet_id for _, wallet_id in opened]
-    accepted = _submit(base_url, _plan(opened, per_wallet=per_wallet - 2, rng=rng))
-    # Each wallet ends with a deposit of 5.00 and then a withdrawal of 1.00: in seq order
-    # the withdrawal is always covered; delivered first, it meets an empty wallet.
-    for tail in ((DEPOSIT, "5.00"), (WITHDRAWAL, "1.00")):
-        accepted += _submit(base_url, [Request(t, w, *tail) for t, w in opened])
-    by_wallet = _by_wallet(accepted)
-    assert all(rows[-2:] == [(per_wallet - 1, DEPOSIT, Decimal("5.00")),
-                             (per_wallet, WITHDRAWAL, Decimal("1.00"))]
-               for rows in by_wallet.values())  # fmt: skip
-
-    # The mode was chosen at acceptance: one naive task per transaction, no ordered applier.
-    queued = _queued_task_names(broker)
-    assert queued == [APPLY_NAIVE] * len(accepted) == [APPLY_NAIVE] * wallets * per_wallet
-    broker.delete("default")
-    ids = {(item.wallet_id, item.seq): item.id for item in accepted}
-    reversed_wallets = set(rng.sample(wallet_ids, wallets // 2))
-    with app.producer_or_acquire() as producer:
-        for wallet_id in rng.sample(wallet_ids, wallets):
-            seqs = range(1, per_wallet + 1)
-            for seq in reversed(seqs) if wallet_id in reversed_wallets else seqs:
-                app.send_task(APPLY_NAIVE, args=[ids[wallet_id, seq]], producer=producer)
-    # One process, one at a time: the deliveries are applied exactly in that order.
-    (naive_worker,) = worker_pool(1, concurrency=1, env=NAIVE)
-
-    def decided() -> bool:
-        pending = WalletTransaction.objects.filter(wallet_id__in=wallet_ids, status="pending")
-        return not pending.exists()
-
-    wait_for(decided, timeout=90, interval=0.3, what="every naive task to run")
-    assert f"Task {APPLY_NAIVE}[" in naive_worker.log_text()
-
-    wrong = []
-    for wallet_id in wallet_ids:
-        balance, expected = sequential_model(by_wallet[wallet_id])
-        stored = stored_decisions(wallet_id)
-        assert [row[0] for row in stored] == list(range(1, per_wallet + 1))
-        if wallet_id in reversed_wallets:
-            # The covered withdrawal was refused: the seed's warning, demonstrated.
-            assert expected[-1] == (per_wallet, "applied", "", balance)
-            assert stored[-1] == (per_wallet, "rejected", "insufficient_funds", Decimal("0.00"))
-            wrong.append(wallet_id)
-        else:
-            # In order, naive is right: only the order made the difference.
-            assert stored == expected
-            assert Wallet.objects.get(pk=wallet_id).balance == balance
-    assert len(wrong) == wallets // 2
-    # The database still kept what it enforces: nothing negative, each decided once.
-    assert not WalletTransaction.objects.filter(balance_after__lt=0).exists()
-    assert not Wallet.objects.filter(balance__lt=0).exists()
-    assert WalletTransaction.objects.filter(wallet_id__in=wallet_ids).count() == len(accepted)
-    # And the verify action sees nothing wrong with the arithmetic, only with the order:
-    # every balance still equals its applied deposits minus its applied withdrawals.
-    assert all(check.balance_ok for check in wallet_verify(wallet_ids=wallet_ids))

@@ -1,5 +1,5 @@
 """Services and admin of the wallets app: the apply callback, the ordered applier against a
-sequential model, the naive variant's failure, and the verify action."""
+sequential model, and the verify action (the naive variant's failure is in tests/lab/)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, transaction
 from django.db.models import F
-from django.test import override_settings
 
 from apps.wallets import selectors, services
 from apps.wallets.models import Wallet, WalletTransaction
@@ -321,32 +319,6 @@ def test_accepting_for_another_owner_is_a_404_that_leaves_no_trace(
         wallet_id=wallet.pk, owner_id=wallet.owner_id, kind=DEPOSIT, amount=Decimal(1)
     )
     assert accepted.seq == 1
-
-
-def test_apply_mode_is_ordered_unless_set_and_refuses_nonsense() -> None:
-    assert services.apply_mode() == services.ApplyMode.ORDERED
-    with override_settings(WALLETS_APPLY_MODE="naive"):
-        assert services.apply_mode() == services.ApplyMode.NAIVE
-    with override_settings(WALLETS_APPLY_MODE="fast"), pytest.raises(ImproperlyConfigured):
-        services.apply_mode()
-
-
-def test_naive_apply_decides_in_delivery_order_and_gets_it_wrong(wallet: Wallet) -> None:
-    with override_settings(WALLETS_APPLY_MODE="naive"):
-        accepted = [_accept(wallet, DEPOSIT, "10.00"), _accept(wallet, WITHDRAWAL, "10.00")]
-    ids = dict(WalletTransaction.objects.values_list("seq", "pk"))
-    # Delivered the other way round, as a broker may: the withdrawal meets an empty wallet.
-    assert services.transaction_apply_naive(transaction_id=ids[2]) is True
-    assert services.transaction_apply_naive(transaction_id=ids[1]) is True
-    assert services.transaction_apply_naive(transaction_id=ids[2]) is False  # once each
-
-    _, expected = sequential_model(accepted)
-    assert expected == [(1, "applied", "", Decimal("10.00")), (2, "applied", "", Decimal("0.00"))]
-    assert stored_decisions(wallet.pk) == [
-        (1, "applied", "", Decimal("10.00")),
-        (2, "rejected", "insufficient_funds", Decimal("0.00")),
-    ]
-    assert Wallet.objects.get(pk=wallet.pk).balance == Decimal("10.00")  # the model says 0
 
 
 def test_verify_recomputes_the_balance_from_the_log(wallet: Wallet) -> None:
