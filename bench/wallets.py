@@ -104,10 +104,9 @@ def _drain_backlog(wallet_ids: list[int], per_wallet: int, rng: random.Random) -
             batch_size=5000,
         )
         Wallet.objects.filter(pk__in=wallet_ids).update(last_seq=F("last_seq") + per_wallet)
-    from apps.core.redis import get_redis
-    from apps.wallets.services import DRAIN_SIGNAL, wallets_sweep
+    from apps.wallets.services import DRAIN, wallets_sweep
 
-    get_redis().delete(*DRAIN_SIGNAL.keys)  # a lease left by an earlier run
+    DRAIN.clear()  # a lease left by an earlier run
     started = time.perf_counter()
     if not wallets_sweep():
         raise RuntimeError("wallets: the sweeper did not wake a drain")

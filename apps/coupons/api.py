@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
@@ -179,10 +178,6 @@ class IssueView(APIView):
         accepted = services.coupon_request_accept(
             campaign_id=campaign_id, user_id=caller_id(request)
         )
-        if accepted.schedule_drain:
-            from .tasks import persist
-
-            transaction.on_commit(lambda: persist.delay(campaign_id))
         return Response(
             {"status": "accepted", "request_id": accepted.request_id},
             status=status.HTTP_202_ACCEPTED,

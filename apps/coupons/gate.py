@@ -3,8 +3,12 @@
 "Redis decides, PostgreSQL remembers, Celery finishes." The script checks the per-user
 rate limit, the campaign window, whether the user was accepted already and the remaining
 count, and records the acceptance (decrement + set membership) in the same step, so no two
-requests can both take the last coupon and no reader ever acts on a stale count. Keys of
-one campaign share a hash tag, so the gate also works on Redis Cluster.
+requests can both take the last coupon and no reader ever acts on a stale count. The same
+script takes the wake of the campaign's drain (`tasks.drain.wake_lua`), so an accepted
+request costs one round trip. The campaign's keys and its drain's share the hash tag
+`coupons:{<campaign>}`, but the rate-limit key is the user's across campaigns
+(`coupons:rl:<user>:<window>`): the script needs all its keys on one Redis server, so it
+does not run on Redis Cluster as it stands.
 
 The gate is a cache of PostgreSQL: `services.gate_rebuild` writes it from the accepted
 requests, with a new epoch, whenever it is missing (Redis restarted) or an operator asks.
@@ -15,8 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from apps.core.redis import get_redis
+from tasks.drain import drain_keys, wake_lua
 
-_ACCEPT = """
+# The coupons drain (`services.DRAIN`): named so its keys share the campaign's hash tag.
+DRAIN_NAME = "coupons"
+
+_ACCEPT = (
+    """
 local count = redis.call('INCR', KEYS[4])
 if count == 1 then redis.call('PEXPIRE', KEYS[4], ARGV[4]) end
 if count > tonumber(ARGV[3]) then return 'rate_limited::' .. redis.call('PTTL', KEYS[4]) end
@@ -30,10 +39,12 @@ local left = tonumber(redis.call('GET', KEYS[2]) or '0')
 if left <= 0 then return 'sold_out:' .. meta[1] .. ':0' end
 redis.call('DECR', KEYS[2])
 redis.call('SADD', KEYS[3], ARGV[1])
-local drain = 0
-if redis.call('SET', KEYS[5], '1', 'NX', 'PX', ARGV[5]) then drain = 1 end
+"""
+    + wake_lua(flag="KEYS[5]", again="KEYS[6]", lease="ARGV[5]", into="drain")
+    + """
 return 'accepted:' .. meta[1] .. ':' .. drain
 """
+)
 
 # Undo an acceptance that PostgreSQL did not record, unless the gate was rebuilt since
 # (then the rebuilt gate, written from PostgreSQL, already does not count it).
@@ -47,27 +58,6 @@ return 1
 def _keys(campaign_id: int) -> tuple[str, str, str]:
     tag = f"coupons:{{{campaign_id}}}"
     return f"{tag}:meta", f"{tag}:remaining", f"{tag}:users"
-
-
-def drain_flag_key(campaign_id: int) -> str:
-    """Set while a drain chain of the campaign runs (or is queued): the acceptance that
-    finds it missing sets it and sends the drain; the chain deletes it when it runs dry.
-    Its TTL is a lease that each pass renews, so a chain whose worker died stops blocking
-    new ones once it lapses."""
-    return f"coupons:{{{campaign_id}}}:drain"
-
-
-def drain_flag_take(campaign_id: int, lease_ms: int) -> bool:
-    """Starts a chain unless one runs: True if the caller now runs it."""
-    return bool(get_redis().set(drain_flag_key(campaign_id), "1", nx=True, px=lease_ms))
-
-
-def drain_flag_renew(campaign_id: int, lease_ms: int) -> None:
-    get_redis().set(drain_flag_key(campaign_id), "1", px=lease_ms)
-
-
-def drain_flag_release(campaign_id: int) -> None:
-    get_redis().delete(drain_flag_key(campaign_id))
 
 
 @dataclass(frozen=True)
@@ -98,7 +88,7 @@ class Gate:
         window = now_ms // rate_window_ms
         rate_key = f"coupons:rl:{user_id}:{window}"
         reply = self._accept(
-            keys=[meta, remaining, users, rate_key, drain_flag_key(campaign_id)],
+            keys=[meta, remaining, users, rate_key, *drain_keys(DRAIN_NAME, campaign_id)],
             args=[user_id, now_ms, rate_limit, rate_window_ms, drain_lease_ms],
         )
         # One "kind:epoch:extra" string (epochs are hex): one reply to parse, not an array.
@@ -167,7 +157,7 @@ def gate_exists(campaign_id: int) -> bool:
 
 
 def gate_delete(campaign_id: int) -> None:
-    get_redis().delete(*_keys(campaign_id), drain_flag_key(campaign_id))
+    get_redis().delete(*_keys(campaign_id), *drain_keys(DRAIN_NAME, campaign_id))
 
 
 def rebuild_lock(campaign_id: int, ttl_ms: int = 10_000) -> bool:

@@ -9,8 +9,9 @@ The issue path, and why it is shaped this way:
    epoch, so an acceptance decided by the lost gate can never be recorded on top of the
    rebuilt one (it is retried against the new gate instead). That is what makes a Redis
    restart unable to over-issue, and every 202 a stored row: no phantom success.
-3. Workers turn accepted requests into coupons in batches (`coupons_persist_batch`); the
-   database trigger + check constraint refuse any coupon beyond `total_quantity`.
+3. Workers turn accepted requests into coupons in batches (`coupons_persist_batch`), one
+   drain chain per campaign (`DRAIN`, a `tasks.drain.Drain`, woken by the gate's script);
+   the database trigger + check constraint refuse any coupon beyond `total_quantity`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from django.utils import timezone
 
 from apps.core.errors import ErrorCode, SurgeError
 from tasks.context import get_request_id
+from tasks.drain import Drain
 
 from . import gate as gate_mod
 from .errors import CouponError
@@ -176,7 +178,6 @@ def gates_reconcile() -> int:
 @dataclass(frozen=True)
 class Accepted:
     request_id: str
-    schedule_drain: bool
 
 
 _RECORD_SQL = f"""
@@ -201,9 +202,32 @@ def drain_lease_ms() -> int:
     return max(10_000, 10 * int(settings.COUPON_DRAIN_EVERY_MS))
 
 
+def _drain_interval_s() -> float:
+    return int(settings.COUPON_DRAIN_EVERY_MS) / 1000
+
+
+PERSIST_TASK = "coupons.persist"
+PERSIST_BATCH_SIZE = 2000
+
+# One chain of `coupons.persist` messages per campaign, a pass per message: at once after
+# a full batch, else COUPON_DRAIN_EVERY_MS after the previous pass began, so a busy sale
+# pays one pass a second, not one per request, and the last request of a sale becomes a
+# coupon about one interval after it, with no beat involved. The gate's script takes the
+# wake before the request's INSERT commits, hence `wakes_before_commit`.
+DRAIN = Drain(
+    gate_mod.DRAIN_NAME,
+    task=PERSIST_TASK,
+    lease_ms=drain_lease_ms,
+    pass_interval_s=_drain_interval_s,
+    batch_size=PERSIST_BATCH_SIZE,
+    wakes_before_commit=True,
+)
+
+
 def coupon_request_accept(*, campaign_id: int, user_id: int) -> Accepted:
     """Accepts the user's request durably or raises SurgeError (409/410/403/404/429/503)."""
     request_id = get_request_id() or ""
+    took_drain_flag = False
     for _ in range(ISSUE_ATTEMPTS):
         verdict = gate_mod.gate().accept(
             campaign_id=campaign_id,
@@ -214,6 +238,8 @@ def coupon_request_accept(*, campaign_id: int, user_id: int) -> Accepted:
             drain_lease_ms=drain_lease_ms(),
         )
         if verdict.kind == "accepted":
+            # A later attempt finds the flag this one took standing: remember who starts it.
+            took_drain_flag = took_drain_flag or verdict.schedule_drain
             try:
                 recorded = _record(
                     campaign_id=campaign_id,
@@ -234,7 +260,9 @@ def coupon_request_accept(*, campaign_id: int, user_id: int) -> Accepted:
                     headers={"Retry-After": "1"},
                 ) from exc
             if recorded:
-                return Accepted(request_id=request_id, schedule_drain=verdict.schedule_drain)
+                if took_drain_flag:
+                    DRAIN.start(campaign_id)  # the script took the chain's flag
+                return Accepted(request_id=request_id)
             if CouponRequest.objects.filter(campaign_id=campaign_id, user_id=user_id).exists():
                 raise _already()
             continue  # the gate was rebuilt after it decided: ask the new gate
@@ -338,6 +366,22 @@ def coupons_pending_campaigns() -> list[int]:
         .values_list("campaign_id", flat=True)
         .distinct()
     )
+
+
+def coupons_drain(*, campaign_id: int) -> int:
+    """One message of the campaign's drain chain (`DRAIN.run`): persists a batch and sends
+    the next message while there is work; returns how many requests became coupons."""
+    return DRAIN.run(
+        campaign_id,
+        work=lambda: coupons_persist_batch(campaign_id=campaign_id, batch_size=PERSIST_BATCH_SIZE),
+    )
+
+
+def coupons_drain_sweep() -> int:
+    """Beat: restart the chain of every campaign with accepted requests and none running
+    (its message was lost, or its worker died and the flag's lease lapsed). Returns how
+    many it started."""
+    return DRAIN.sweep(coupons_pending_campaigns())
 
 
 # --- Use by orders ------------------------------------------------------------------------

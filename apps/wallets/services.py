@@ -8,7 +8,6 @@ withdrawal do to a balance.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -20,10 +19,10 @@ from django.db.models import F
 from apps.core.errors import ErrorCode, SurgeError
 from tasks.base import queue_time_limits
 from tasks.context import get_request_id
+from tasks.drain import Drain
 from tasks.ordering import (
     ApplyOutcome,
     ApplyReport,
-    PendingSignal,
     accept_command,
     apply_pending,
     apply_pending_keys,
@@ -55,12 +54,30 @@ APPLY_TASK = "wallets.apply"
 # The drain of every wallet's pending transactions (see `transactions_drain`).
 DRAIN_TASK = "wallets.drain"
 DRAIN_QUEUE = "high"
-DRAIN_SIGNAL = PendingSignal("wallets", ttl_ms=10_000)
 # Wallets decided per pass transaction, the shortest time between two passes' starts,
 # and how long one drain task runs before it hands over to a fresh message.
 DRAIN_MAX_WALLETS = 100
 DRAIN_PASS_INTERVAL_S = 0.025
 DRAIN_BUDGET_S = 5.0
+
+
+def _drain_budget_s() -> float:
+    # Well inside the queue's soft time limit, which a short broker visibility timeout
+    # shrinks (tasks/base.py): the drain hands over, it is not cut off.
+    return min(DRAIN_BUDGET_S, queue_time_limits(DRAIN_QUEUE)[0] / 2)
+
+
+# One global key: a pass takes every pending wallet (`apply_pending_keys`), so one chain
+# serves them all, looping inside its message between passes.
+DRAIN = Drain(
+    "wallets",
+    task=DRAIN_TASK,
+    queue=DRAIN_QUEUE,
+    keyed=False,
+    lease_ms=10_000,
+    pass_interval_s=DRAIN_PASS_INTERVAL_S,
+    budget_s=_drain_budget_s,
+)
 # Commands decided per applier run (one transaction); a full batch re-enqueues the task.
 APPLY_BATCH_SIZE = 200
 
@@ -117,7 +134,7 @@ def transaction_accept(
 
     Invariants: the seq is assigned in this transaction (gapless, in acceptance order, see
     `tasks.ordering.assign_seq`), and the pending row is itself the durable record of the
-    work: after the commit `_drain_wake` has a drain decide it, and `wallets_sweep` wakes
+    work: after the commit `DRAIN.wake` has a drain decide it, and `wallets_sweep` wakes
     one for any pending wallet whose wake went missing, so an accepted transaction is
     always applied eventually. With `owner_id`,
     a wallet of another owner is a 404 found under the wallet's row lock (the transaction
@@ -141,69 +158,32 @@ def transaction_accept(
             )
             if owner_id is not None and wallet_owner_id != owner_id:
                 raise Wallet.DoesNotExist  # rolls back the seq and the command
-            transaction.on_commit(_drain_wake)
+            # At 500 accepts/s a handful of drain tasks a second, not one per
+            # transaction; a lost wake is `wallets_sweep`'s (see `tasks.drain`).
+            DRAIN.wake()
     except Wallet.DoesNotExist:
         raise SurgeError(ErrorCode.NOT_FOUND, "Not found.", status=404) from None
     return accepted
 
 
-def _drain_wake() -> None:
-    """After the accepting commit: have a drain of the wallets' pending transactions run.
-
-    Publishes one `wallets.drain` when none is on its way, else asks the running one for
-    another pass (`tasks.ordering.PendingSignal`); at 500 accepts/s that is a handful of
-    drain tasks per second instead of one apply task per transaction. Never raises: the
-    transaction is durable and pending already, and `wallets_sweep` (beat) wakes a drain
-    whenever the database shows a pending wallet, so a wake lost here (a crash between
-    commit and this call, Redis down) delays the apply by a sweep interval, never loses it.
-    """
-    try:
-        if DRAIN_SIGNAL.notify():
-            _drain_publish()
-    except Exception:
-        logger.warning("wallets: drain wake failed; the sweeper will wake it", exc_info=True)
-
-
-def _drain_publish() -> None:
-    from config.celery import app
-
-    app.send_task(DRAIN_TASK, queue=DRAIN_QUEUE)
-
-
 def transactions_drain(*, budget_s: float | None = None) -> int:
     """The drain: passes over the wallets with pending transactions until a pass finds
-    none and nobody asked for another (see `tasks.ordering.PendingSignal`). Returns how
+    none and nobody asked for another (`DRAIN.run`, see `tasks.drain`). Returns how
     many transactions it decided.
 
     Each pass decides up to `DRAIN_MAX_WALLETS` wallets in one transaction
     (`apply_pending_keys`); passes begin at least `DRAIN_PASS_INTERVAL_S` apart, so under
     load a pass takes what a few dozen accepts left (the sleep costs no CPU, and bounds
     what it adds to accept -> applied). After `budget_s` the drain hands over to a fresh
-    message (it still holds the signal, so no accept publishes meanwhile). A pass that
+    message (it still holds the flag, so no accept publishes meanwhile). A pass that
     raises is retried wallet by wallet, so one wallet whose transaction cannot be decided
     does not hold back the others: it is left to its own `wallets.apply` task (through
     the outbox, so its retries and dead letter are that task's), and skipped by this drain.
     """
-    if budget_s is None:
-        # Well inside the queue's soft time limit, which a short broker visibility timeout
-        # shrinks (tasks/base.py): the drain hands over, it is not cut off.
-        budget_s = min(DRAIN_BUDGET_S, queue_time_limits(DRAIN_QUEUE)[0] / 2)
-    deadline = time.monotonic() + budget_s
-    total = 0
+    # Kept across the passes of this message: a wallet left to its own task is not
+    # tried again by every later pass.
     failed: set[int] = set()
-    while True:
-        began = time.monotonic()
-        DRAIN_SIGNAL.begin_pass()
-        decided = _drain_pass(failed)
-        total += decided
-        if not decided and not DRAIN_SIGNAL.finish():
-            return total
-        if time.monotonic() >= deadline:
-            _drain_publish()
-            return total
-        pause = DRAIN_PASS_INTERVAL_S - (time.monotonic() - began)
-        if pause > 0:
-            time.sleep(pause)
+    return DRAIN.run(work=lambda: _drain_pass(failed), budget_s=budget_s)
 
 
 def _drain_pass(failed: set[int]) -> int:
@@ -278,16 +258,13 @@ def _notify_decided(wallet: Wallet, commands: list[WalletTransaction]) -> None:
 def wallets_sweep() -> bool:
     """Beat: wake a drain when the database shows a wallet with pending transactions.
 
-    The net under `_drain_wake`: a wake lost with a crash or a Redis outage, a drain that
-    died holding the signal (its lease runs out, then this publishes a fresh one). Cheap
+    The net under `DRAIN.wake`: a wake lost with a crash or a Redis outage, a drain that
+    died holding the flag (its lease runs out, then this publishes a fresh one). Cheap
     when nothing is pending: one probe of a partial index. Returns True if it published.
     """
     if not Wallet.objects.filter(last_applied_seq__lt=F("last_seq")).exists():
         return False
-    if DRAIN_SIGNAL.notify():
-        _drain_publish()
-        return True
-    return False
+    return DRAIN.wake_now()
 
 
 def transaction_decide(wallet: Wallet, command: WalletTransaction) -> ApplyOutcome:

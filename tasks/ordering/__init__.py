@@ -50,22 +50,21 @@ Requires READ COMMITTED (Django's default on PostgreSQL): the applier's command 
 see what committed while it waited for the key lock.
 
 The package: `outcome` (what a callback decides and what a run reports), `accept` (the seq
-and the accepted command), `apply` (the appliers, one key or many), `drain` (the Redis
-signal that wakes one drain), `store` (model introspection and the hand-written UPDATEs).
+and the accepted command), `apply` (the appliers, one key or many), `store` (model
+introspection and the hand-written UPDATEs). An app that decides many keys' pending
+commands in one task (`apply_pending_keys`) wakes that task with `tasks.drain.Drain`.
 """
 
 from __future__ import annotations
 
 from .accept import accept_command, assign_seq
 from .apply import apply_pending, apply_pending_keys
-from .drain import PendingSignal
 from .outcome import ApplyOutcome, ApplyReport, OrderingError
 
 __all__ = [
     "ApplyOutcome",
     "ApplyReport",
     "OrderingError",
-    "PendingSignal",
     "accept_command",
     "apply_pending",
     "apply_pending_keys",

@@ -15,7 +15,7 @@ from django.db import connection
 from rest_framework.authtoken.models import Token
 
 from apps.core.redis import get_redis
-from apps.coupons import gate, services
+from apps.coupons import services
 from apps.coupons.models import Campaign, Coupon, CouponRequest
 from config.celery import app as celery_app
 
@@ -116,7 +116,7 @@ def test_the_drain_finishes_a_sale_without_beat(
     wait_for(drained, timeout=30, interval=0.2, what="the chain to persist every acceptance")
     assert_exact(campaign, statuses)
     wait_for(
-        lambda: not get_redis().exists(gate.drain_flag_key(campaign.pk)),
+        lambda: not get_redis().exists(services.DRAIN.flag_key(campaign.pk)),
         timeout=30,
         interval=0.2,
         what="the drain chain to end",

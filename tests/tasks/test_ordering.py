@@ -23,7 +23,6 @@ from tasks.ordering import (
     ApplyOutcome,
     ApplyReport,
     OrderingError,
-    PendingSignal,
     accept_command,
     apply_pending,
     apply_pending_keys,
@@ -390,27 +389,6 @@ def test_a_pass_skips_a_key_another_applier_holds() -> None:
             release.set()
         holder.result()
     assert [r.key_id for r in _apply_keys()] == [held.pk]
-
-
-def test_a_pending_signal_ends_only_when_nobody_asked_again(
-    private_redis: PrivateRedis,
-) -> None:
-    client = redis.Redis.from_url(private_redis.url)
-    signal = PendingSignal(f"test-{random.getrandbits(32):x}", ttl_ms=60_000, client=client)
-    assert signal.notify()  # nobody drains: this caller publishes
-    assert not signal.notify()  # a drain is on its way
-    signal.begin_pass()  # the pass sees everything notified before it began
-    assert not signal.notify()  # committed after the pass began: ...
-    assert signal.finish()  # ... so the drain must pass again
-    signal.begin_pass()
-    assert not signal.finish()  # nothing since: the drain ends
-    assert signal.notify()  # and the next notify publishes a new one
-    # A drain that died holding the signal holds it back only until its lease expires.
-    short = PendingSignal(f"test-{random.getrandbits(32):x}", ttl_ms=50, client=client)
-    assert short.notify()
-    assert not short.notify()
-    wait_for(short.notify, timeout=5, interval=0.02, what="the lease to expire")
-    client.delete(*signal.keys, *short.keys)
 
 
 # --- concurrency, in-process ----------------------------------------------------------------

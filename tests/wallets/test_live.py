@@ -25,7 +25,8 @@ from django.db import connection, connections, transaction
 
 from apps.wallets.models import Wallet, WalletTransaction
 from apps.wallets.selectors import wallet_verify
-from apps.wallets.services import DRAIN_MAX_WALLETS, DRAIN_QUEUE, DRAIN_SIGNAL, DRAIN_TASK
+from apps.wallets.services import DRAIN as WALLETS_DRAIN
+from apps.wallets.services import DRAIN_MAX_WALLETS, DRAIN_QUEUE, DRAIN_TASK
 from config.celery import app
 from config.devservices import PrivateRedis
 
@@ -374,7 +375,7 @@ def test_worker_sigkill_mid_drain_pass_loses_and_repeats_nothing(
     worker, must decide the rest exactly once, as the sequential model says."""
     live_worker.kill()  # the drain message must reach the victim, and no other worker
     broker = redis.Redis.from_url(private_redis.url)
-    broker.delete(DRAIN_QUEUE, *DRAIN_SIGNAL.keys)  # no stale drain, no stale lease
+    broker.delete(DRAIN_QUEUE, *WALLETS_DRAIN.redis_keys())  # no stale drain, no stale lease
     seed = random.randrange(2**32)
     print(f"wallets sigkill mid-drain seed={seed}")
     base_url = live_web.url or ""

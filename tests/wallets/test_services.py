@@ -105,9 +105,9 @@ def _drains_queued() -> int:
 def drain_signal_free() -> Iterator[None]:
     from apps.core.redis import get_redis
 
-    get_redis().delete(*services.DRAIN_SIGNAL.keys)
+    get_redis().delete(*services.DRAIN.redis_keys())
     yield
-    get_redis().delete(*services.DRAIN_SIGNAL.keys)
+    get_redis().delete(*services.DRAIN.redis_keys())
 
 
 def test_accepts_wake_one_drain_until_it_has_finished(
@@ -137,7 +137,7 @@ def test_accepts_wake_one_drain_until_it_has_finished(
 
 
 def test_an_accept_during_a_pass_gets_another_pass(wallet: Wallet, drain_signal_free: None) -> None:
-    signal = services.DRAIN_SIGNAL
+    signal = services.DRAIN
     assert signal.notify()  # this caller publishes the drain
     signal.begin_pass()
     assert not signal.notify()  # an accept committed after the pass began
