@@ -322,14 +322,24 @@ OUTBOX_REPUBLISH_UNCONFIRMED_AFTER_S = env.float(
 )
 OUTBOX_SWEEP_BATCH_SIZE = env.int("OUTBOX_SWEEP_BATCH_SIZE", default=500)
 OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=7)
-# Sagas (tasks/saga/): retry backoff, how long a step may run, sweeper batch.
+# Sagas (tasks/saga/; the invariants these keep are in its package docstring).
+# A failed step's retry waits uniform(0, min(MAX, BASE * 2**(attempt - 1))) seconds.
 SAGA_BACKOFF_BASE = env.float("SAGA_BACKOFF_BASE", default=1.0)
 SAGA_BACKOFF_MAX = env.float("SAGA_BACKOFF_MAX", default=60.0)
+# Retries due sooner ride on an advance message held by a worker; later ones on the sweeper.
+SAGA_COUNTDOWN_MAX = env.float("SAGA_COUNTDOWN_MAX", default=5.0)
+# Soft time limit of a turn; hard limit = soft + SAGA_HARD_LIMIT_MARGIN; a dead runner's
+# lease expires SAGA_LEASE_MARGIN after the hard limit. Read once, at import.
 SAGA_STEP_TIME_LIMIT = env.float("SAGA_STEP_TIME_LIMIT", default=60.0)
-# Hard limit = soft + this; a dead runner's lease expires this long after the hard limit.
 SAGA_HARD_LIMIT_MARGIN = env.float("SAGA_HARD_LIMIT_MARGIN", default=15.0)
 SAGA_LEASE_MARGIN = env.float("SAGA_LEASE_MARGIN", default=15.0)
+# How long a queued advance may wait before the sweeper sends another.
 SAGA_RECOVER_AFTER = env.float("SAGA_RECOVER_AFTER", default=60.0)
+# A turn starts no new step after this many seconds (the next one is a new task), so one
+# saga never holds a worker thread for long while others wait.
+SAGA_TURN_BUDGET = env.float("SAGA_TURN_BUDGET", default=2.0)
+# Sagas the sweeper (tasks.saga_wake) wakes per run at most.
+SAGA_WAKE_BATCH = env.int("SAGA_WAKE_BATCH", default=500)
 
 # --- Wallets -----------------------------------------------------------------------------
 # The largest amount one transaction may move (a decimal string).

@@ -10,6 +10,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 
+from tasks.statemachine import StateMachine
+
 
 class Product(models.Model):
     name = models.CharField(max_length=200)
@@ -42,6 +44,26 @@ class OrderStatus(models.TextChoices):
     FAILED = "failed"
     CANCELLED = "cancelled"
     COMPENSATION_FAILED = "compensation_failed"
+
+
+# Every status an order takes, and from where (apps/orders/services.py `order_transition`
+# is the one writer). The order follows its checkout saga: reserve_stock, capture_payment
+# and confirm move it forward; the saga's end moves it to failed, cancelled or
+# compensation_failed (a cancel is refused once the capture started, so never from paid),
+# and an operator's resumed compensation moves it on from compensation_failed.
+_S = OrderStatus
+ORDER_MACHINE = StateMachine(
+    "order",
+    {
+        _S.PENDING: {_S.RESERVED, _S.FAILED, _S.CANCELLED, _S.COMPENSATION_FAILED},
+        _S.RESERVED: {_S.PAID, _S.FAILED, _S.CANCELLED, _S.COMPENSATION_FAILED},
+        _S.PAID: {_S.CONFIRMED, _S.FAILED, _S.COMPENSATION_FAILED},
+        _S.COMPENSATION_FAILED: {_S.FAILED, _S.CANCELLED},
+    },
+)
+
+# The saga kind of an order's checkout (apps/orders/sagas.py defines it).
+CHECKOUT_SAGA_KIND = "orders.checkout"
 
 
 def order_saga_ref(order_id: int) -> str:

@@ -17,6 +17,11 @@ Retrying is therefore always safe, and the errors say when it is worth it:
 The saga orchestrator reads `reason` from the error that ends a step, so a step whose retries
 ran out on timeouts fails with `payment_timeout`.
 
+Calls run outside any database transaction: a call inside one would hold its connection
+idle in transaction (and any row lock taken before it) for as long as the gateway takes.
+Each call checks it and raises RuntimeError instead (the saga's payment steps are remote
+steps, tasks/saga/).
+
 Settings (read at each call, so tests may override them): PAYMENT_GATEWAY_URL (default
 http://127.0.0.1:8010), PAYMENT_GATEWAY_TIMEOUT_S (read timeout, default 2 s; connecting
 gets 1 s). The card token is sent to the gateway and never logged.
@@ -38,6 +43,7 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 from django.conf import settings
+from django.db import connection
 from urllib3.exceptions import NewConnectionError
 
 from tasks.errors import Permanent, Transient
@@ -126,24 +132,24 @@ class PaymentRejected(PaymentError, Permanent):
 # read once per gateway URL.
 
 _POOL_MAXSIZE = 64
-_session: urllib3.PoolManager | None = None  # the process's pool ("session" for history)
-_session_pid: int | None = None
-_session_lock = threading.Lock()
+_pool: urllib3.PoolManager | None = None  # the process's pool (direct connections)
+_pool_pid: int | None = None
+_pool_lock = threading.Lock()
 
 
-def _get_session() -> urllib3.PoolManager:
+def _process_pool() -> urllib3.PoolManager:
     """One pool per process. A forked child (a Celery pool process) must not reuse its
     parent's sockets, so the pid is checked and a new pool made after a fork."""
-    global _session, _session_pid
+    global _pool, _pool_pid
     pid = os.getpid()
-    if _session is None or _session_pid != pid:
-        with _session_lock:
-            if _session is None or _session_pid != pid:
+    if _pool is None or _pool_pid != pid:
+        with _pool_lock:
+            if _pool is None or _pool_pid != pid:
                 # No retries here: the caller retries, with backoff, the same key. Up to
                 # _POOL_MAXSIZE connections kept per host: the saga worker's threads
                 # (Procfile worker_saga) call at once; a smaller pool would reconnect.
-                _session, _session_pid = _new_pool(None), pid
-    return _session
+                _pool, _pool_pid = _new_pool(None), pid
+    return _pool
 
 
 def _new_pool(proxy_url: str | None) -> urllib3.PoolManager:
@@ -165,9 +171,9 @@ def _pool_for(base_url: str) -> urllib3.PoolManager:
     """The pool to reach the gateway through: the environment's proxy for its URL, if any."""
     proxy = _proxies_for(base_url).get(urlsplit(base_url).scheme)
     if not proxy:
-        return _get_session()
+        return _process_pool()
     key = (os.getpid(), proxy)
-    with _session_lock:
+    with _pool_lock:
         if key not in _proxy_pools:
             _proxy_pools[key] = _new_pool(proxy)
         return _proxy_pools[key]
@@ -179,13 +185,13 @@ def _proxies_for(base_url: str) -> dict[str, str]:
     return dict(requests.utils.get_environ_proxies(base_url))
 
 
-def _forget_session_after_fork() -> None:
-    global _session, _session_pid
-    _session, _session_pid = None, None
+def _forget_pools_after_fork() -> None:
+    global _pool, _pool_pid
+    _pool, _pool_pid = None, None
     _proxy_pools.clear()
 
 
-os.register_at_fork(after_in_child=_forget_session_after_fork)
+os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
 # --- Calls --------------------------------------------------------------------------------
@@ -251,6 +257,12 @@ def _post(
 ) -> dict[str, Any]:
     if not idempotency_key:
         raise ValueError("an idempotency key is required")
+    if connection.in_atomic_block:
+        # Not an assert: it must hold with -O too. Not transient: retrying cannot help.
+        raise RuntimeError(
+            f"payment {operation} called inside a database transaction: call the gateway "
+            "outside transaction.atomic() (a remote saga step)"
+        )
     base_url = str(getattr(settings, "PAYMENT_GATEWAY_URL", DEFAULT_URL) or DEFAULT_URL)
     read_timeout = float(getattr(settings, "PAYMENT_GATEWAY_TIMEOUT_S", DEFAULT_READ_TIMEOUT_S))
     started = time.monotonic()

@@ -7,8 +7,7 @@ from django.http import Http404
 
 from tasks.saga import saga_get_by_ref, saga_step_list
 
-from .models import Order, Product
-from .sagas import KIND
+from .models import CHECKOUT_SAGA_KIND, Order, Product
 
 
 def product_list() -> QuerySet[Product]:
@@ -31,7 +30,7 @@ def order_list_for_user(*, user_id: int) -> QuerySet[Order]:
 
 def order_steps(*, order: Order) -> list[dict[str, Any]]:
     """The saga's timeline: forward steps and compensations as they ran."""
-    saga = saga_get_by_ref(kind=KIND, ref=order.saga_ref)
+    saga = saga_get_by_ref(kind=CHECKOUT_SAGA_KIND, ref=order.saga_ref)
     if saga is None:
         return []
     return [

@@ -21,11 +21,20 @@ and, when they run out (or fail permanently), the saga is parked as `compensatio
 (the admin's "Retry compensation").
 
 Step functions must be idempotent. Each attempt is committed as `running` before the function
-is called, so a crash is visible and the attempt is counted; the step is then run again. The
-function runs inside the transaction that records its success: its database writes commit
-together with `succeeded` (exactly once) and roll back if it raises or if the runner lost its
-lease meanwhile. Effects outside the database (an HTTP call, a payment) may happen twice: key
-them with `ctx.idempotency_key`.
+is called, so a crash is visible and the attempt is counted; the step is then run again.
+
+Local and remote steps. A step's `kind` says where its functions run. A LOCAL step (the
+default: database work) runs inside the transaction that records its success: its database
+writes commit together with `succeeded` (exactly once) and roll back if it raises or if the
+runner lost its lease meanwhile. A REMOTE step (a call to another service: a payment, SMTP,
+Web Push) runs outside any transaction, so no connection sits idle in transaction (and no
+row lock is held) while it waits; its outcome is then recorded in a short transaction, still
+only while the runner holds the lease, where its optional `record` (`compensate_record`)
+function does the step's database writes, told the call's result. A remote call may
+therefore happen twice (a retry, a lost lease, a crash before the record): key it with
+`ctx.idempotency_key`, which is stable across attempts. The runner refuses to call a remote
+step inside a transaction (TransactionManagementError), and clients of remote services
+check it too (apps/orders/payments.py).
 
 Running. `saga_start` writes the saga in the caller's transaction and enqueues
 `tasks.saga_advance` through the outbox. Each advance (a "turn") takes the saga's lease (a
@@ -37,7 +46,8 @@ turn ends, releasing the lease and enqueueing the next advance, when its budget 
 retry waits for its backoff in a new turn; a finished or parked saga simply releases the
 lease. Every runnable saga carries `wake_at`; the beat task
 `tasks.saga_wake` re-enqueues sagas whose `wake_at` has passed and whose lease is free. That one
-rule delivers long retry delays (no broker ETA longer than `SAGA_COUNTDOWN_MAX`), recovers lost
+rule delivers long retry delays (no broker ETA longer than SAGA_COUNTDOWN_MAX: a shorter
+retry rides on an advance message that waits in a worker), recovers lost
 advance messages, and resumes sagas whose runner died mid-step (the lease expires, the step
 still reads `running`, and the next runner counts it as a spent attempt).
 
@@ -48,18 +58,18 @@ connection (tasks/signals.py recycles it around each task). A threads pool enfor
 limits; nothing here relies on them: a runner that outlives its lease finds it gone under
 the row lock and rolls back, and step functions bound their own calls (timeouts).
 
-Knobs (Django setting, else environment variable, else default): SAGA_BACKOFF_BASE (1 s),
-SAGA_BACKOFF_MAX (60 s), SAGA_COUNTDOWN_MAX (5 s), SAGA_RECOVER_AFTER (60 s: how long a queued
-advance may wait before the sweeper sends another), SAGA_STEP_TIME_LIMIT (60 s soft limit of a
-turn), SAGA_HARD_LIMIT_MARGIN (15 s: the hard limit is the soft one plus this),
-SAGA_LEASE_MARGIN (15 s: the lease outlasts the hard limit by this, so an expired lease
-means a dead runner),
-SAGA_TURN_BUDGET (2 s: a turn starts no new step after this long, so one saga never holds a
-worker for long while others wait), SAGA_WAKE_BATCH (500).
+Settings. The SAGA_* settings (backoff, turn budget, time limits and lease margins, the wake
+batch) are read in config/settings.py and listed with their defaults in .env.example; the
+engine reads them at each use, except the time limits and the lease, fixed when this
+package is imported (see `definition`). What they must keep true: the lease outlasts the
+hard limit (an expired lease means a dead runner), and a short retry's delay
+(SAGA_COUNTDOWN_MAX at most) stays far below the broker's visibility timeout.
 
 The package: `definition` (steps, the registry, the state machines), `services` (start,
 cancel, resume, run now, the wake sweep, reads), `runner` (a turn), `moves` (state changes
-both share), `store` (the runner's hand-written statements), `jobs` (the Celery tasks).
+both share), `store` (the hand-written statements of the hot path), `jobs` (the Celery
+tasks). The saga advances itself by task name, through the outbox: no module imports `jobs`
+but this one.
 """
 
 from __future__ import annotations
@@ -72,6 +82,7 @@ from .definition import (
     Step,
     StepContext,
     StepFailed,
+    StepKind,
     StepRetry,
     define_saga,
     saga_definition,
@@ -97,6 +108,7 @@ __all__ = [
     "Step",
     "StepContext",
     "StepFailed",
+    "StepKind",
     "StepRetry",
     "advance_saga",
     "define_saga",

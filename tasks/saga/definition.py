@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from django.conf import settings
@@ -39,17 +39,13 @@ STEP_MACHINE = StateMachine(
 )
 
 
-def _knob(name: str, default: float) -> float:
-    value = getattr(settings, name, None)
-    if value is None:
-        value = os.environ.get(name)
-    return float(value) if value not in (None, "") else default
-
-
-STEP_SOFT_LIMIT = _knob("SAGA_STEP_TIME_LIMIT", 60.0)
-STEP_HARD_LIMIT = STEP_SOFT_LIMIT + _knob("SAGA_HARD_LIMIT_MARGIN", 15.0)
+# Read once, at import, unlike the other SAGA_* settings (read at each use): the two limits
+# are arguments of the advance task's decorator (tasks/saga/jobs.py), and the lease must
+# outlast the hard limit that task was registered with, so all three come from one reading.
+STEP_SOFT_LIMIT = float(settings.SAGA_STEP_TIME_LIMIT)
+STEP_HARD_LIMIT = STEP_SOFT_LIMIT + float(settings.SAGA_HARD_LIMIT_MARGIN)
 # Longer than the hard limit: once a lease has expired its runner is dead (or rolls back).
-LEASE_SECONDS = STEP_HARD_LIMIT + _knob("SAGA_LEASE_MARGIN", 15.0)
+LEASE_SECONDS = STEP_HARD_LIMIT + float(settings.SAGA_LEASE_MARGIN)
 
 
 # --- Definitions -------------------------------------------------------------------------
@@ -102,12 +98,31 @@ class StepContext:
 StepFn = Callable[[StepContext], Mapping[str, Any] | None]
 
 
+class StepKind(StrEnum):
+    """Where a step's functions run (see the package docstring).
+
+    LOCAL: inside the transaction that records the outcome, so database writes commit
+    exactly once, together with `succeeded`. REMOTE: outside any transaction (a call to
+    another service: no connection is held idle in transaction while it waits); its
+    `record` function then runs in the short transaction that records the outcome."""
+
+    LOCAL = "local"
+    REMOTE = "remote"
+
+
 @dataclass(frozen=True)
 class Step:
     name: str
     forward: StepFn
     compensate: StepFn | None = None
     compensate_name: str = ""
+    # Applies to the forward function and the compensation alike.
+    kind: StepKind = StepKind.LOCAL
+    # REMOTE only: local functions run in the recording transaction after the remote
+    # forward (or compensation) function returned, told its result in `ctx.context`. What
+    # they return is merged into the saga's context too.
+    record: StepFn | None = None
+    compensate_record: StepFn | None = None
     max_attempts: int = 5
     compensate_max_attempts: int = 0  # 0: same as max_attempts
     backoff_base: float | None = None
@@ -126,6 +141,12 @@ class Step:
             object.__setattr__(self, "compensate_max_attempts", self.max_attempts)
         if self.max_attempts < 1:
             raise ValueError(f"step {self.name}: max_attempts must be >= 1")
+        if self.kind != StepKind.REMOTE and (self.record or self.compensate_record):
+            raise ValueError(f"step {self.name}: only a remote step has record functions")
+
+    @property
+    def remote(self) -> bool:
+        return self.kind == StepKind.REMOTE
 
     def attempts_allowed(self, direction: str) -> int:
         if direction == StepDirection.FORWARD:
@@ -171,6 +192,11 @@ def define_saga(
         raise ValueError(f"saga {kind} is already defined with other steps")
     _REGISTRY[kind] = definition
     return definition
+
+
+def saga_definition_or_none(kind: str) -> SagaDefinition | None:
+    """The registered definition of `kind`, or None if this process does not know it."""
+    return _REGISTRY.get(kind)
 
 
 def saga_definition(kind: str) -> SagaDefinition:

@@ -3,6 +3,7 @@ docstring for the invariants)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -10,43 +11,42 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import transaction
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 
 from ..base import is_transient
 from ..context import get_request_id, reset_request_id, set_request_id
 from ..models.saga import Saga, SagaStatus, SagaStep, StepDirection, StepStatus
 from .definition import (
-    _REGISTRY,
     LEASE_SECONDS,
     SagaDefinition,
     Step,
     StepContext,
     StepFn,
-    _knob,
     saga_definition,
+    saga_definition_or_none,
 )
 from .moves import (
-    _backoff,
-    _begin_compensation,
-    _end_lease,
-    _enqueue_advance,
-    _finish_compensation,
-    _needs_attention,
-    _recover_after,
-    _release,
-    _saga_move,
-    _trace_step,
+    begin_compensation,
+    end_lease,
+    enqueue_advance,
+    finish_compensation,
+    flag_needs_attention,
+    recover_after,
+    release_lease,
+    saga_move,
+    step_backoff,
+    trace_step,
 )
 from .store import (
-    _RUNNABLE_VALUES,
-    _TAKE_SQL,
-    _fetch_saga,
-    _flush_moved_rows,
-    _forward_rows,
-    _locked,
-    _move_step,
-    _save,
+    flush_moved_rows,
+    forward_rows,
+    saga_locked,
+    saga_save,
+    saga_take_lease,
+    step_move,
 )
 
 # One logger for the whole engine: operators grep for "tasks.saga".
@@ -63,7 +63,7 @@ def saga_advance(*, saga_id: int, budget: float | None = None) -> bool:
     caller that finds it held (or the saga finished) returns False and changes nothing.
     """
     if budget is None:
-        budget = _knob("SAGA_TURN_BUDGET", 2.0)
+        budget = float(settings.SAGA_TURN_BUDGET)
     turn = _Turn(saga_id, uuid.uuid4().hex, time.monotonic() + budget)
     # The saga's request id follows its work, even when the sweeper sent the message.
     request_token = set_request_id(get_request_id())
@@ -93,6 +93,8 @@ class _Work:
     direction: str
     fn: StepFn
     ctx: StepContext
+    # A remote step's local part, run in the recording transaction (None: nothing to run).
+    record: StepFn | None = None
 
 
 class _Turn:
@@ -122,17 +124,15 @@ def _begin_turn(turn: _Turn) -> _Work | None:
     """Takes the lease and starts the first step, in one transaction: a second runner's
     conditional UPDATE waits for this row lock and then finds the lease taken."""
     with transaction.atomic():
-        saga = _fetch_saga(
-            _TAKE_SQL, [turn.token, LEASE_SECONDS, LEASE_SECONDS, turn.saga_id, _RUNNABLE_VALUES]
-        )
+        saga = saga_take_lease(turn.saga_id, turn.token, LEASE_SECONDS)
         if saga is None:
             return None
         set_request_id(saga.request_id or get_request_id())
         planned = _plan(saga, turn)
         work = None if planned is None else _start_attempt(saga, *planned)
         if work is None:
-            _end_lease(saga)  # nothing to run: the lease ends with this state change
-        _save(saga)
+            end_lease(saga)  # nothing to run: the lease ends with this state change
+        saga_save(saga)
     turn.taken = True
     turn.holding = work is not None
     return work
@@ -142,33 +142,33 @@ def _plan(saga: Saga, turn: _Turn) -> tuple[SagaStep, Step] | None:
     """State-only moves until a function must be called: returns the row to run next and
     its step (not started yet), or None when there is nothing to run. Runs under the lease
     and the saga's row lock; the caller saves."""
-    definition = _REGISTRY.get(saga.kind)
+    definition = saga_definition_or_none(saga.kind)
     if definition is None:
-        _needs_attention(saga, f"saga kind {saga.kind!r} is not defined in this process")
+        flag_needs_attention(saga, f"saga kind {saga.kind!r} is not defined in this process")
         return None
     while True:
         if saga.status == SagaStatus.PENDING:
             if saga.cancel_requested:
-                _begin_compensation(saga, definition)
+                begin_compensation(saga, definition)
             else:
-                _saga_move(saga, SagaStatus.RUNNING)
+                saga_move(saga, SagaStatus.RUNNING)
             continue
         if saga.status == SagaStatus.RUNNING:
             if saga.cancel_requested:
-                _begin_compensation(saga, definition)
+                begin_compensation(saga, definition)
                 continue
             direction = StepDirection.FORWARD
             if turn.rows is None:
-                turn.rows = _forward_rows(saga.pk)
+                turn.rows = forward_rows(saga.pk)
             row = next((r for r in turn.rows if r.status not in _FORWARD_DONE), None)
             if row is None:
-                _saga_move(saga, SagaStatus.COMPLETED)
+                saga_move(saga, SagaStatus.COMPLETED)
                 saga.finished_at, saga.wake_at = timezone.now(), None
                 return None
         elif saga.status == SagaStatus.COMPENSATING:
-            turn.rows = None  # _begin_compensation changed forward rows in bulk
+            turn.rows = None  # begin_compensation changed forward rows in bulk
             direction = StepDirection.COMPENSATION
-            _flush_moved_rows(saga)
+            flush_moved_rows(saga)
             row = (
                 saga.steps.select_for_update()
                 .filter(direction=direction)
@@ -177,13 +177,13 @@ def _plan(saga: Saga, turn: _Turn) -> tuple[SagaStep, Step] | None:
                 .first()
             )
             if row is None:
-                _finish_compensation(saga)
+                finish_compensation(saga)
                 return None
         else:
             return None  # finished or parked: nothing to run
         step = definition.step_at(row.index, row.name, row.direction)
         if step is None:
-            _needs_attention(saga, f"step {row.index} {row.name!r} is no longer defined")
+            flag_needs_attention(saga, f"step {row.index} {row.name!r} is no longer defined")
             return None
         if row.status == StepStatus.RUNNING and row.attempts >= step.attempts_allowed(direction):
             # Its last allowed attempt was running when the runner was lost.
@@ -195,7 +195,7 @@ def _plan(saga: Saga, turn: _Turn) -> tuple[SagaStep, Step] | None:
 
 
 def _start_attempt(saga: Saga, row: SagaStep, step: Step) -> _Work:
-    _move_step(
+    step_move(
         saga,
         row,
         StepStatus.RUNNING,
@@ -203,7 +203,7 @@ def _start_attempt(saga: Saga, row: SagaStep, step: Step) -> _Work:
         started_at=row.started_at or timezone.now(),
     )
     saga.current_step = row.index
-    _trace_step(saga, row)
+    trace_step(saga, row)
     forward = row.direction == StepDirection.FORWARD
     fn = step.forward if forward else step.compensate
     assert fn is not None  # compensation rows exist only for steps with a compensation
@@ -218,7 +218,8 @@ def _start_attempt(saga: Saga, row: SagaStep, step: Step) -> _Work:
         failure_reason=saga.failure_reason,
         request_id=saga.request_id,
     )
-    return _Work(saga.pk, row, step, row.direction, fn, ctx)
+    record = (step.record if forward else step.compensate_record) if step.remote else None
+    return _Work(saga.pk, row, step, row.direction, fn, ctx, record)
 
 
 def _continue(saga: Saga, turn: _Turn) -> _Work | None:
@@ -228,25 +229,37 @@ def _continue(saga: Saga, turn: _Turn) -> _Work | None:
     planned = _plan(saga, turn)
     work = None
     if planned is None:
-        _end_lease(saga)
+        end_lease(saga)
     elif time.monotonic() < turn.deadline:
         work = _start_attempt(saga, *planned)
     else:
-        _release(saga, wake_in=_recover_after())
-        _enqueue_advance(saga.pk)
-    _save(saga)
+        release_lease(saga, wake_in=recover_after())
+        enqueue_advance(saga.pk)
+    saga_save(saga)
     return work
 
 
 def _run(turn: _Turn, work: _Work) -> _Work | None:
-    """Calls the function, then records its outcome — only while still holding the lease.
-    Returns the next step to run in this turn, if any (already committed as running)."""
+    """Calls the step's function (a local one inside the transaction that records its
+    outcome, a remote one before it, outside any transaction), then records the outcome —
+    only while still holding the lease. Returns the next step to run in this turn, if any
+    (already committed as running)."""
+    if work.step.remote and connection.in_atomic_block:
+        # Not the step's failure but the caller's: the attempt stays `running` (counted)
+        # and the lease is freed, so a runner outside any transaction takes it from here.
+        raise TransactionManagementError(
+            f"saga #{work.saga_id}: remote step {work.ctx.step} would run inside a "
+            "transaction; call saga_advance outside transaction.atomic()"
+        )
     try:
+        result = _call(work.fn, work.ctx) if work.step.remote else None
         with transaction.atomic():
-            result = work.fn(work.ctx)
-            if result is not None and not isinstance(result, Mapping):
-                raise TypeError(f"step {work.ctx.step} returned {type(result).__name__}")
-            saga = _locked(work.saga_id, turn.token)
+            if not work.step.remote:
+                result = _call(work.fn, work.ctx)
+            elif work.record is not None:
+                told = dataclasses.replace(work.ctx, context={**work.ctx.context, **(result or {})})
+                result = {**(result or {}), **(_call(work.record, told) or {})}
+            saga = saga_locked(work.saga_id, turn.token)
             if saga is None:
                 raise _LeaseLost
             # The row as this runner committed it: with the lease still ours (checked
@@ -262,7 +275,7 @@ def _run(turn: _Turn, work: _Work) -> _Work | None:
         failure = exc
     turn.rows = None  # rolled back: what this runner holds in memory may not have committed
     with transaction.atomic():
-        saga = _locked(work.saga_id, turn.token)
+        saga = saga_locked(work.saga_id, turn.token)
         if saga is None:
             turn.holding = False
             logger.warning("saga #%s lost its lease during %s", work.saga_id, work.ctx.step)
@@ -273,11 +286,18 @@ def _run(turn: _Turn, work: _Work) -> _Work | None:
     return after
 
 
+def _call(fn: StepFn, ctx: StepContext) -> Mapping[str, Any] | None:
+    result = fn(ctx)
+    if result is not None and not isinstance(result, Mapping):
+        raise TypeError(f"step {ctx.step} returned {type(result).__name__}")
+    return result
+
+
 def _record_success(
     saga: Saga, row: SagaStep, result: Mapping[str, Any] | None, turn: _Turn
 ) -> _Work | None:
-    _move_step(saga, row, StepStatus.SUCCEEDED, finished_at=timezone.now(), error="")
-    _trace_step(saga, row)
+    step_move(saga, row, StepStatus.SUCCEEDED, finished_at=timezone.now(), error="")
+    trace_step(saga, row)
     if result:
         saga.context = {**saga.context, **result}
     return _continue(saga, turn)
@@ -289,37 +309,33 @@ def _record_failure(
     error = f"{type(exc).__name__}: {exc}"[:2000]
     permanent = not is_transient(exc)
     if not permanent and row.attempts < work.step.attempts_allowed(work.direction):
-        _move_step(saga, row, StepStatus.RETRYING, error=error)
-        _trace_step(saga, row, error=error)
+        step_move(saga, row, StepStatus.RETRYING, error=error)
+        trace_step(saga, row, error=error)
         if saga.cancel_requested and work.direction == StepDirection.FORWARD:
             # Cancelled meanwhile: no point waiting to retry what will be compensated.
             return _continue(saga, turn)
-        delay = _backoff(work.step, row.attempts)
+        delay = step_backoff(work.step, row.attempts)
         logger.info(
             "saga %s #%s %s attempt %s failed, retry in %.2fs: %s",
             saga.kind, saga.pk, row.name, row.attempts, delay, error,
         )  # fmt: skip
-        if delay <= _knob("SAGA_COUNTDOWN_MAX", 5.0):
-            # Short delays ride on the broker (far below its visibility timeout); wake_at
-            # stays as the fallback should that message be lost.
-            _release(saga, wake_in=delay + _recover_after())
-            saga_id = saga.pk
-            from .jobs import advance_saga  # the task module imports this one
-
-            transaction.on_commit(
-                lambda: advance_saga.apply_async(args=[saga_id], countdown=delay), robust=True
-            )
+        if delay <= float(settings.SAGA_COUNTDOWN_MAX):
+            # Short delays ride on an advance message that waits for its time in a worker
+            # (far below the broker's visibility timeout); wake_at stays as the fallback
+            # should that message be lost.
+            release_lease(saga, wake_in=delay + recover_after())
+            enqueue_advance(saga.pk, not_before=time.time() + delay)
         else:
-            _release(saga, wake_in=delay)  # the sweeper sends it when due
-        _save(saga)
+            release_lease(saga, wake_in=delay)  # the sweeper sends it when due
+        saga_save(saga)
         return None
     suffix = "failed" if permanent else "retries_exhausted"
     reason = getattr(exc, "reason", None) or f"{row.name}_{suffix}"
     definition = saga_definition(saga.kind)
     if _fail_row(saga, row, definition, reason, error):
         return _continue(saga, turn)  # its compensations, in this turn while it lasts
-    _release(saga, wake_in=None)
-    _save(saga)
+    release_lease(saga, wake_in=None)
+    saga_save(saga)
     return None
 
 
@@ -329,8 +345,8 @@ def _fail_row(
     """Marks the row failed and moves the saga on: a forward failure starts compensation, a
     compensation failure parks the saga. True if the saga has compensations left to run."""
     now = timezone.now()
-    _move_step(saga, row, StepStatus.FAILED, error=error, finished_at=now)
-    _trace_step(saga, row, error=error)
+    step_move(saga, row, StepStatus.FAILED, error=error, finished_at=now)
+    trace_step(saga, row, error=error)
     if row.direction == StepDirection.FORWARD:
         logger.warning(
             "saga %s #%s step %s failed after %s attempt(s) (%s), compensating: %s",
@@ -339,9 +355,9 @@ def _fail_row(
         if not saga.cancel_requested:
             saga.failure_reason = reason[:200]
         saga.error = f"{row.name}: {error}"
-        _begin_compensation(saga, definition)
+        begin_compensation(saga, definition)
         return saga.status == SagaStatus.COMPENSATING
-    _saga_move(saga, SagaStatus.COMPENSATION_FAILED)
+    saga_move(saga, SagaStatus.COMPENSATION_FAILED)
     saga.needs_attention = True
     saga.error = f"{row.name}: {error}"
     saga.wake_at = None

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q
 from django.db.models.functions import Now
@@ -15,9 +16,9 @@ from django.utils import timezone
 from ..context import get_request_id
 from ..errors import IllegalTransition
 from ..models.saga import RUNNABLE, Saga, SagaStatus, SagaStep, StepDirection, StepStatus
-from .definition import STEP_MACHINE, NotCancellable, _knob, saga_definition
-from .moves import _begin_compensation, _enqueue_advance, _recover_after, _saga_move, _trace_status
-from .store import _CONTEXT_FIELD, _INSERT_SQL, _INSERT_STEP_ROW, _INSERT_STEPS_SQL
+from .definition import STEP_MACHINE, NotCancellable, saga_definition
+from .moves import begin_compensation, enqueue_advance, recover_after, saga_move, trace_status
+from .store import forward_steps_insert, saga_insert
 
 # One logger for the whole engine: operators grep for "tasks.saga".
 logger = logging.getLogger("tasks.saga")
@@ -44,44 +45,24 @@ def saga_start(
             ref=ref,
             context=dict(context or {}),
             request_id=get_request_id() or "",
-            wake_at=now + timedelta(seconds=_recover_after() if publish else 0),
+            wake_at=now + timedelta(seconds=recover_after() if publish else 0),
             created_at=now,
             updated_at=now,
         )
-        with connection.cursor() as cursor:
-            # ON CONFLICT rather than a savepoint around an INSERT that may fail: this runs
-            # in every order's accepting transaction, and a savepoint is two more round trips.
-            cursor.execute(
-                _INSERT_SQL,
-                [
-                    saga.kind,
-                    saga.ref,
-                    saga.status,
-                    _CONTEXT_FIELD.get_db_prep_save(saga.context, connection),
-                    saga.request_id,
-                    saga.wake_at,
-                    now,
-                    now,
-                ],
-            )
-            inserted = cursor.fetchone()
+        inserted = saga_insert(saga)
         if inserted is None:  # the ref is taken: that saga is the one
             return Saga.objects.get(kind=kind, ref=ref)
-        saga.pk = inserted[0]
+        saga.pk = inserted
         saga._state.adding, saga._state.db = False, connection.alias
-        # By hand too: the ORM's bulk_create cost a quarter of an order's accepting CPU.
-        params: list[Any] = []
-        for i, step in enumerate(definition.steps):
+        rows = []
+        for index, step in enumerate(definition.steps):
             skipped = step.skip_if is not None and step.skip_if(saga.context)
             status = StepStatus.SKIPPED if skipped else StepStatus.PENDING
-            params += [saga.pk, i, step.name, str(StepDirection.FORWARD), str(status), now]
-        with connection.cursor() as cursor:
-            cursor.execute(
-                _INSERT_STEPS_SQL + ", ".join([_INSERT_STEP_ROW] * len(definition.steps)), params
-            )
-        _trace_status(saga, "", SagaStatus.PENDING)
+            rows.append((index, step.name, str(status)))
+        forward_steps_insert(saga.pk, rows, now)
+        trace_status(saga, "", SagaStatus.PENDING)
         if publish:
-            _enqueue_advance(saga.pk)
+            enqueue_advance(saga.pk)
     return saga
 
 
@@ -114,12 +95,12 @@ def saga_cancel(*, saga_id: int, reason: str = "cancelled") -> Saga:
         saga.cancel_requested = True
         saga.failure_reason = reason[:200]
         if not Saga.objects.filter(pk=saga.pk, lease_until__gt=Now()).exists():
-            _begin_compensation(saga, definition)
+            begin_compensation(saga, definition)
             # A runner past its expired lease must not record anything after this.
             saga.lease_token, saga.lease_until = "", None
             if saga.status in RUNNABLE:
-                saga.wake_at = timezone.now() + timedelta(seconds=_recover_after())
-                _enqueue_advance(saga.pk)
+                saga.wake_at = timezone.now() + timedelta(seconds=recover_after())
+                enqueue_advance(saga.pk)
         saga.save()
     logger.info("saga %s #%s cancel requested: %s", saga.kind, saga.pk, reason)
     return saga
@@ -134,7 +115,7 @@ def saga_resume_compensation(*, saga_id: int) -> Saga:
         if saga.status != SagaStatus.COMPENSATION_FAILED:
             # running -> compensating is a legal move, but not one an operator may force.
             raise IllegalTransition("saga resume", saga.status, SagaStatus.COMPENSATING)
-        _saga_move(saga, SagaStatus.COMPENSATING)
+        saga_move(saga, SagaStatus.COMPENSATING)
         STEP_MACHINE.update(
             saga.steps.filter(direction=StepDirection.COMPENSATION),
             current=StepStatus.FAILED,
@@ -146,9 +127,9 @@ def saga_resume_compensation(*, saga_id: int) -> Saga:
         )
         saga.needs_attention = False
         saga.error = ""
-        saga.wake_at = timezone.now() + timedelta(seconds=_recover_after())
+        saga.wake_at = timezone.now() + timedelta(seconds=recover_after())
         saga.save()
-        _enqueue_advance(saga.pk)
+        enqueue_advance(saga.pk)
     logger.info("saga %s #%s compensation resumed", saga.kind, saga.pk)
     return saga
 
@@ -159,10 +140,10 @@ def saga_run_now(*, saga_id: int) -> bool:
     with transaction.atomic():
         moved = Saga.objects.filter(pk=saga_id, status__in=RUNNABLE).update(
             needs_attention=False,
-            wake_at=Now() + timedelta(seconds=_recover_after()),
+            wake_at=Now() + timedelta(seconds=recover_after()),
         )
         if moved:
-            _enqueue_advance(saga_id)
+            enqueue_advance(saga_id)
     return bool(moved)
 
 
@@ -171,7 +152,7 @@ def sagas_wake_due(*, limit: int | None = None) -> int:
     that are due, advance messages that were lost, runners that died mid-step. Pushes each
     one's `wake_at` forward so a queued advance is not sent again at every sweep. SKIP LOCKED:
     several beat hosts never pick the same saga. Returns how many were enqueued."""
-    limit = limit or int(_knob("SAGA_WAKE_BATCH", 500))
+    limit = limit or int(settings.SAGA_WAKE_BATCH)
     with transaction.atomic():
         due = list(
             Saga.objects.select_for_update(skip_locked=True)
@@ -183,10 +164,10 @@ def sagas_wake_due(*, limit: int | None = None) -> int:
         )
         if due:
             Saga.objects.filter(pk__in=due).update(
-                wake_at=Now() + timedelta(seconds=_recover_after())
+                wake_at=Now() + timedelta(seconds=recover_after())
             )
             for saga_id in due:
-                _enqueue_advance(saga_id)
+                enqueue_advance(saga_id)
     if due:
         logger.info("saga sweep: woke %d saga(s)", len(due))
     return len(due)

@@ -1,6 +1,11 @@
-"""The saga tables as the runner reads and writes them: hand-written statements, because
-they run for every step of every saga, and building them with the ORM cost more Python than
-anything else in a turn (a quarter of a checkout's worker CPU)."""
+"""The saga tables as the engine reads and writes them on its hot path: hand-written
+statements, because they run for every step of every saga, and building them with the ORM
+cost more Python than anything else in a turn (a quarter of a checkout's worker CPU).
+
+The interface: `saga_insert` and `forward_steps_insert` (a new saga), `saga_take_lease` and
+`saga_locked` (the saga row, row-locked, as the lease allows), `forward_rows`, `step_move`
+(a step row changed in memory), `saga_save` (the saga and the rows moved since, in one
+statement) and `flush_moved_rows` (those rows now, before a query reads step rows)."""
 
 from __future__ import annotations
 
@@ -77,7 +82,46 @@ _FORWARD_ROWS_SQL = (
 _CONTEXT_FIELD = Saga._meta.get_field("context")
 
 
-def _locked(saga_id: int, token: str) -> Saga | None:
+def saga_insert(saga: Saga) -> int | None:
+    """Inserts a new (unsaved) saga; returns its id, or None when its kind already has a
+    saga with its ref. ON CONFLICT rather than a savepoint around an INSERT that may fail:
+    this runs in every order's accepting transaction, and a savepoint is two more round
+    trips."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _INSERT_SQL,
+            [
+                saga.kind,
+                saga.ref,
+                saga.status,
+                _CONTEXT_FIELD.get_db_prep_save(saga.context, connection),
+                saga.request_id,
+                saga.wake_at,
+                saga.created_at,
+                saga.updated_at,
+            ],
+        )
+        inserted = cursor.fetchone()
+    return None if inserted is None else int(inserted[0])
+
+
+def forward_steps_insert(saga_id: int, rows: list[tuple[int, str, str]], at: Any) -> None:
+    """Inserts a new saga's forward step rows, given as (index, name, status); by hand
+    too: the ORM's bulk_create cost a quarter of an order's accepting CPU."""
+    params: list[Any] = []
+    for index, name, status in rows:
+        params += [saga_id, index, name, str(StepDirection.FORWARD), status, at]
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_STEPS_SQL + ", ".join([_INSERT_STEP_ROW] * len(rows)), params)
+
+
+def saga_take_lease(saga_id: int, token: str, lease_seconds: float) -> Saga | None:
+    """Takes the lease of a runnable saga whose lease is free or expired, for
+    `lease_seconds` (its `wake_at` moves as far): the saga, row-locked, or None."""
+    return _fetch_saga(_TAKE_SQL, [token, lease_seconds, lease_seconds, saga_id, _RUNNABLE_VALUES])
+
+
+def saga_locked(saga_id: int, token: str) -> Saga | None:
     """The saga, row-locked, if `token` still holds its lease."""
     return _fetch_saga(_LOCK_SQL, [saga_id, token])
 
@@ -98,7 +142,7 @@ def _fetch_saga(sql: str, params: list[Any]) -> Saga | None:
     return saga
 
 
-def _forward_rows(saga_id: int) -> list[SagaStep]:
+def forward_rows(saga_id: int) -> list[SagaStep]:
     """The saga's forward step rows in step order, row-locked (a plain cursor, as above:
     the queryset's model iteration cost more Python than the statement)."""
     with connection.cursor() as cursor:
@@ -107,8 +151,8 @@ def _forward_rows(saga_id: int) -> list[SagaStep]:
     return [SagaStep.from_db(connection.alias, _STEP_ATTNAMES, list(row)) for row in rows]
 
 
-def _save(saga: Saga) -> None:
-    """What `saga.save()` writes, for a saga read by `_locked` in this transaction: every
+def saga_save(saga: Saga) -> None:
+    """What `saga.save()` writes, for a saga read by `saga_locked` in this transaction: every
     column a runner changes, from the row as it stands in memory (the lock makes it so),
     and, in the same statement, the step rows moved since the last save."""
     saga.updated_at = timezone.now()
@@ -147,7 +191,7 @@ def _take_moved_rows(saga: Saga) -> list[SagaStep]:
     return rows
 
 
-def _flush_moved_rows(saga: Saga) -> None:
+def flush_moved_rows(saga: Saga) -> None:
     """Writes the moved step rows now: before anything reads step rows from the database."""
     rows = _take_moved_rows(saga)
     if rows:
@@ -156,10 +200,10 @@ def _flush_moved_rows(saga: Saga) -> None:
         )
 
 
-def _move_step(saga: Saga, row: SagaStep, target: str, **fields: Any) -> None:
+def step_move(saga: Saga, row: SagaStep, target: str, **fields: Any) -> None:
     """STEP_MACHINE.move for a row the runner holds (under the lease and the saga's row
     lock nobody else writes it): checks the transition and changes the row in memory; the
-    next `_save(saga)` of this transaction writes it."""
+    next `saga_save(saga)` of this transaction writes it."""
     STEP_MACHINE.move(row, target, fields=fields, save=False)
     row.at = timezone.now()
     saga._moved_rows[row.pk] = row  # type: ignore[attr-defined]

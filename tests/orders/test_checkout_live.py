@@ -370,39 +370,3 @@ def test_coupon_raced_by_twenty_orders_and_given_back(
     winner = Order.objects.get(pk__in=racers, status="confirmed")
     assert coupon.used_by == f"order:{winner.pk}" and coupon.used_at is not None
     assert winner.total == Decimal("1.63")  # 3.25 at 50%, rounded half up
-
-
-def test_a_saga_started_with_only_the_order_id_in_its_context_still_completes(
-    live_worker: LiveProcess, live_gateway: str
-) -> None:
-    """Sagas placed before the context carried items, total and coupon read them from the
-    order (the steps fall back to the database), with the same effects."""
-    from django.db import transaction
-
-    from apps.orders import services
-    from tasks.models import Saga
-
-    products, initial = make_products([10, 10])
-    [(user_id, _)] = make_users(1)
-    campaign = coupon_services.campaign_create(name="old", total_quantity=1, discount_percent=50)
-    coupon_services.coupon_request_accept(campaign_id=campaign.pk, user_id=user_id)
-    coupon_services.coupons_persist_batch(campaign_id=campaign.pk)
-    coupon = Coupon.objects.get(campaign=campaign, user_id=user_id)
-    lines = [services.Line(products[1].pk, 2), services.Line(products[0].pk, 3)]
-    with transaction.atomic():  # published after commit: the worker sees the old context
-        order = services.order_place(
-            user_id=user_id, lines=lines, coupon_id=coupon.pk, payment_token="tok_ok"
-        )
-        Saga.objects.filter(ref=order.saga_ref).update(context={"order_id": order.pk})
-
-    drain([order.pk])
-    order.refresh_from_db()
-    assert (order.status, order.failure_reason) == ("confirmed", "")
-    for product in Product.objects.filter(pk__in=[p.pk for p in products]):
-        expected = initial[product.pk] - (3 if product.pk == products[0].pk else 2)
-        assert (product.stock_on_hand, product.stock_reserved) == (expected, 0)
-    stats = gateway_stats(live_gateway)["by_reference"][order.saga_ref]
-    assert stats["captured"] == 1
-    assert Decimal(str(stats["captured_amount"])) == order.total == Decimal("9.13")
-    coupon.refresh_from_db()
-    assert coupon.used_by == order.saga_ref

@@ -384,17 +384,17 @@ def test_unreachable_gateway_is_transient(settings: Any) -> None:
     assert raised.value.reason == "payment_unavailable"
 
 
-def test_one_session_per_process_and_a_new_one_after_fork(gateway: str) -> None:
+def test_one_pool_per_process_and_a_new_one_after_fork(gateway: str) -> None:
     _authorize("order-1", "tok_ok")
-    session = payments._get_session()
-    assert payments._get_session() is session
+    session = payments._process_pool()
+    assert payments._process_pool() is session
     pid = os.fork()
     if pid == 0:  # the child: no inherited session, and its own one works
         code = 1
         try:
-            if payments._session is None:
+            if payments._pool is None:
                 _authorize("order-child", "tok_ok", key=f"child-{uuid.uuid4().hex}")
-                code = 0 if payments._get_session() is not session else 2
+                code = 0 if payments._process_pool() is not session else 2
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)

@@ -7,7 +7,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .core import _OPERATION_PATH, MAX_BODY_BYTES, TIMEOUT_HOLD_S, BadRequest, Gateway, Reply
+from .core import MAX_BODY_BYTES, OPERATION_PATH, TIMEOUT_HOLD_S, BadRequest, Gateway, Reply
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -92,7 +92,7 @@ class GatewayApp:
                 send, 200, {"status": "ok", "voids_failing": gateway.voids_failing}
             )
 
-        match = _OPERATION_PATH.match(path)
+        match = OPERATION_PATH.match(path)
         if path == "/v1/authorizations":
             op, auth_id = "authorize", None
         elif match:

@@ -26,7 +26,7 @@ MAX_AMOUNT = Decimal("1000000000")
 CENTS = Decimal("0.01")
 EFFECTS = ("authorized", "captured", "voided")
 
-_OPERATION_PATH = re.compile(
+OPERATION_PATH = re.compile(
     r"^/v1/authorizations/(?P<id>auth_[0-9a-f]{1,64})/(?P<op>capture|void)$"
 )
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
