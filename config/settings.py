@@ -11,7 +11,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from config.celery import LONGEST_HARD_LIMIT_S
+# A module, not its constant: every upper-case name here becomes a Django setting.
+from config import celery as celery_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -207,8 +208,10 @@ CELERY_WORKER_CONCURRENCY = env.int("WORKER_CONCURRENCY", default=4)
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Redis hands a message nobody acked to another worker after this many seconds: longer
-    # than any task may run (tasks/base.py keeps every time limit below half of it).
-    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=2 * LONGEST_HARD_LIMIT_S),
+    # than any task may run (tasks/limits.py keeps every time limit below half of it).
+    "visibility_timeout": env.int(
+        "CELERY_VISIBILITY_TIMEOUT", default=2 * celery_config.LONGEST_HARD_LIMIT_S
+    ),
     # kombu looks for messages whose worker died when a worker starts, then every
     # interval x throttle seconds (10 x 10 = 100 s by kombu's default): every 10 s instead.
     "unacked_restore_interval": env.int("CELERY_UNACKED_RESTORE_INTERVAL", default=10),
