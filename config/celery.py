@@ -16,8 +16,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 TRANSPORT_ALIASES["redis"] = "tasks.broker:Transport"
 
 app = Celery("surge")
-# Lazy: CELERY_* Django settings (broker URL, worker concurrency) are read on first use,
-# so importing `config` stays cheap and free of side effects.
+# Lazy: CELERY_* Django settings (broker URL and transport options, worker concurrency and
+# events: every knob, read in config/settings.py) are read on first use, so importing
+# `config` stays cheap and free of side effects. What this module sets is structure: it
+# does not change per deployment.
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
 # Saga turns spend most of their time waiting on other services (the payment gateway):
@@ -28,23 +30,13 @@ SAGA_QUEUE = "saga"
 QUEUES = ("high", "default", "bulk", SAGA_QUEUE)
 
 # The longest hard time limit of any queue. The Redis transport re-delivers an unacked
-# message after `visibility_timeout`, so it must be longer than any task may run, or a
-# slow task would be handed to a second worker while the first is still at it.
+# message after `visibility_timeout` (CELERY_BROKER_TRANSPORT_OPTIONS in config/settings.py,
+# twice this by default), so it must be longer than any task may run, or a slow task would
+# be handed to a second worker while the first is still at it.
 LONGEST_HARD_LIMIT_S = 600
 
 app.conf.update(
     broker_connection_retry_on_startup=True,
-    broker_transport_options={
-        "visibility_timeout": int(
-            os.environ.get("CELERY_VISIBILITY_TIMEOUT", LONGEST_HARD_LIMIT_S * 2)
-        ),
-        # kombu looks for messages whose worker died when a worker starts, then every
-        # interval x throttle seconds (10 x 10 = 100 s by default): every 10 s instead.
-        "unacked_restore_interval": int(os.environ.get("CELERY_UNACKED_RESTORE_INTERVAL", 10)),
-        "unacked_restore_throttle": 1,
-        "socket_connect_timeout": 2,
-        "socket_timeout": 5,
-    },
     # Only JSON crosses the broker: never pickle.
     task_serializer="json",
     result_serializer="json",
@@ -66,9 +58,8 @@ app.conf.update(
     task_time_limit=LONGEST_HARD_LIMIT_S,
     # Keep Django's LOGGING (structured lines with request ids) in the worker too.
     worker_hijack_root_logger=False,
-    # Worker events feed Flower's task views. "sent" events would add a second broker
-    # write to every publish (it halved the enqueue rate in the bench), so they stay off.
-    worker_send_task_events=os.environ.get("CELERY_TASK_EVENTS", "true").lower() == "true",
+    # Worker events (CELERY_WORKER_SEND_TASK_EVENTS) feed Flower's task views. "sent" events
+    # would add a second broker write to every publish, so they stay off.
     task_send_sent_event=False,
     beat_scheduler="django_celery_beat.schedulers:DatabaseScheduler",
     beat_schedule={

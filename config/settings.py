@@ -11,6 +11,9 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+# A module, not its constant: every upper-case name here becomes a Django setting.
+from config import celery as celery_config
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -105,8 +108,8 @@ DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", 3)
 # connection per process is reused instead of paying a connect per request.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
 # No per-request health check: with psycopg2 it is an extra `SELECT 1` round trip on every
-# request that touches the database (one-query view: 1,564 -> 1,697 req/s without it).
-# A connection that broke is closed at the end of the request that found it.
+# request that touches the database (bench/RESULTS.md). A connection that broke is closed
+# at the end of the request that found it.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("DB_CONN_HEALTH_CHECKS", default=False)
 DATABASES["default"].setdefault("TEST", {})
 DATABASES["default"]["TEST"]["NAME"] = env.str("DATABASE_TEST_NAME", default="test_surge")
@@ -179,9 +182,9 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_THROTTLE_CLASSES": [],
     "DEFAULT_THROTTLE_RATES": {
-        # Generous defaults: a load test registers thousands of users from one address.
+        # Generous default: a load test registers thousands of users from one address.
+        # (Only register and token are throttled: ScopedRateThrottle, scope "auth".)
         "auth": env.str("THROTTLE_RATE_AUTH", default="5000/min"),
-        "user": env.str("THROTTLE_RATE_USER", default="6000/min"),
     },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
@@ -209,9 +212,24 @@ CELERY_WORKER_CONCURRENCY = env.int("WORKER_CONCURRENCY", default=4)
 # it, the fixup only recycles after this many tasks, and tasks/signals.py does what Django's
 # request cycle does instead: close_old_connections() (CONN_MAX_AGE, broken connections).
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # Redis hands a message nobody acked to another worker after this many seconds: longer
+    # than any task may run (tasks/limits.py keeps every time limit below half of it).
+    "visibility_timeout": env.int(
+        "CELERY_VISIBILITY_TIMEOUT", default=2 * celery_config.LONGEST_HARD_LIMIT_S
+    ),
+    # kombu looks for messages whose worker died when a worker starts, then every
+    # interval x throttle seconds (10 x 10 = 100 s by kombu's default): every 10 s instead.
+    "unacked_restore_interval": env.int("CELERY_UNACKED_RESTORE_INTERVAL", default=10),
+    "unacked_restore_throttle": 1,
+    "socket_connect_timeout": 2,
+    "socket_timeout": 5,
+}
+# Worker events feed Flower's task views (config/celery.py keeps "sent" events off).
+CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_TASK_EVENTS", default=True)
 
 # --- Processes and URLs ------------------------------------------------------------------
-BIND_HOST = env.str("BIND_HOST", default="127.0.0.1")
+# (Where each process listens, BIND_HOST and the ports, is the Procfile's: read there.)
 PUBLIC_HOST = env.str("PUBLIC_HOST", default="localhost")
 WEB_PORT = env.int("WEB_PORT", default=8000)
 WS_PORT = env.int("WS_PORT", default=8001)
@@ -302,9 +320,9 @@ COUPON_ISSUE_RATE_LIMIT = env.int("COUPON_ISSUE_RATE_LIMIT", default=20)
 COUPON_ISSUE_RATE_WINDOW_MS = env.int("COUPON_ISSUE_RATE_WINDOW_MS", default=10_000)
 # A campaign's drain chain (apps/coupons/tasks.py) runs a pass this often while requests
 # keep coming; the first acceptance of a quiet sale starts one at once. Each pass has a
-# fixed cost (a Celery task and its statements) paid on the same cores as the sale: every
-# 100 ms it cost ~0.4 ms of CPU per accepted request (bench: 448 -> 573 accepted/s at 1 s);
-# an accepted request still becomes a coupon within about a second under load.
+# fixed cost (a Celery task and its statements) paid on the same cores as the sale, so a
+# pass a second, not ten (bench/RESULTS.md has the figures); an accepted request still
+# becomes a coupon within about a second under load.
 COUPON_DRAIN_EVERY_MS = env.int("COUPON_DRAIN_EVERY_MS", default=1000)
 
 # --- Orders and payments -----------------------------------------------------------------

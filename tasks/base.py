@@ -1,4 +1,5 @@
-"""SurgeTask: the base class of every Surge task, and the time limits of each queue.
+"""SurgeTask: the base class of every Surge task (the time limits of each queue, part of its
+contract, are in tasks/limits.py and re-exported here).
 
 What it adds to Celery's at-least-once delivery (acks_late + reject_on_worker_lost, set
 globally in config/celery.py):
@@ -6,7 +7,8 @@ globally in config/celery.py):
 - Transient errors (see `is_transient`) retry with exponential backoff and full jitter, up
   to `max_retries`; `Permanent` and every other exception do not retry.
 - A task that fails for good (permanent, retries exhausted, redelivered too often, hard
-  time limit) becomes exactly one dead letter (tasks/deadletters.py).
+  time limit) becomes exactly one dead letter: it is reported through
+  `tasks.failures.record_failure`, whose recorder is tasks/deadletters.py.
 - A cap on redeliveries: a message whose run keeps killing its worker (a segfault, the OOM
   killer, os._exit) would otherwise be handed out again forever. Redeliveries are counted
   per task id in Redis, and only for messages the broker marked `redelivered`, so a normal
@@ -23,7 +25,6 @@ globally in config/celery.py):
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import random
 import socket
@@ -36,17 +37,19 @@ import kombu.exceptions
 import psycopg2
 import redis.exceptions
 import requests
-from celery import Task, current_app, signals
+from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, TimeLimitExceeded
 from django import db
 from django.conf import settings
 
 from apps.core.redis import get_redis
-from config.celery import LONGEST_HARD_LIMIT_S
 
+from .consumers import message_id_of
 from .context import HEADER as REQUEST_ID_HEADER
 from .context import get_request_id
 from .errors import Permanent, Transient
+from .failures import TaskFailure, message_done, record_failure
+from .limits import QUEUE_TIME_LIMITS, broker_visibility_timeout, queue_time_limits
 from .tracing import record
 
 __all__ = [
@@ -59,10 +62,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def _setting(name: str, default: Any) -> Any:
-    return getattr(settings, name, default)
 
 
 # --- Transient or permanent ---------------------------------------------------------------
@@ -123,83 +122,6 @@ def backoff_delay(retries: int, *, base: float, cap: float) -> float:
     return random.uniform(0.0, max(ceiling, 0.0))
 
 
-# --- Time limits per queue ----------------------------------------------------------------
-# (soft, hard) seconds. The soft limit raises SoftTimeLimitExceeded inside the task (it may
-# clean up, and it becomes a dead letter); the hard limit kills the pool process.
-#
-# Why every limit sits below the Redis visibility timeout (config/celery.py, 2 x
-# LONGEST_HARD_LIMIT_S by default): the Redis transport hands an unacked message to another
-# worker once it has been out for `visibility_timeout`, counted from when the worker fetched
-# it, not from when the task started. A task still running at that point would run twice at
-# once. So a message may wait in a worker (prefetched, or held for a retry countdown) and
-# run to its hard limit and still be acked before the timeout: `queue_time_limits` keeps the
-# hard limit at or below half of the timeout, and retry countdowns below a quarter of it.
-# Long work is cut into bounded batches that re-enqueue the rest; long delays are rows plus
-# a beat sweep, never ETA messages.
-QUEUE_TIME_LIMITS: dict[str, tuple[float, float]] = {
-    # Transactional, user-facing work: a stuck call must give way quickly.
-    "high": (25.0, 30.0),
-    "default": (240.0, 300.0),
-    # Batches (fan-out, campaigns): the longest a task may run anywhere.
-    "bulk": (LONGEST_HARD_LIMIT_S - 30.0, float(LONGEST_HARD_LIMIT_S)),
-}
-
-
-def _visibility_timeout() -> float:
-    options = current_app.conf.broker_transport_options or {}
-    return float(options.get("visibility_timeout", 3600))
-
-
-@functools.lru_cache(maxsize=32)
-def _limits_for(queue: str, visibility_timeout: float) -> tuple[float, float]:
-    soft, hard = QUEUE_TIME_LIMITS.get(queue, QUEUE_TIME_LIMITS["default"])
-    ceiling = visibility_timeout / 2
-    if hard > ceiling:
-        # A short visibility timeout (the tests use 10 s) shrinks the limits with it.
-        hard = ceiling
-        soft = min(soft, hard * 0.9)
-    return soft, hard
-
-
-def queue_time_limits(
-    queue: str, *, visibility_timeout: float | None = None
-) -> tuple[float, float]:
-    """(soft, hard) time limits for tasks consumed from `queue`, below the visibility
-    timeout of this process's broker settings (or the one given)."""
-    if visibility_timeout is None:
-        visibility_timeout = _visibility_timeout()
-    return _limits_for(queue, visibility_timeout)
-
-
-@signals.task_received.connect
-def _apply_queue_time_limits(request: Any = None, **_: Any) -> None:
-    """Gives a received message the limits of the queue it came from.
-
-    Applied by the consuming worker (main process, before the task is handed to the pool)
-    rather than stamped by the publisher: the worker knows which queue the message really
-    came from and its own visibility timeout, and messages from any publisher (beat, a
-    shell, another service) get limits too.
-
-    Celery copies the global `task_time_limit` / `task_soft_time_limit` onto every task
-    and stamps them on every message it publishes, so those values mean "nothing chosen":
-    they are replaced. A limit chosen for the task (`@shared_task(time_limit=…)`) or for
-    one message (`apply_async(time_limit=…)`) is different from the global one and wins.
-    """
-    if request is None:
-        return
-    conf = current_app.conf
-    unchosen = {(None, None), (conf.task_time_limit, conf.task_soft_time_limit)}
-    if tuple(request.time_limits or (None, None)) not in unchosen:
-        return
-    task = request.task
-    if (task.time_limit, task.soft_time_limit) not in unchosen:
-        request.time_limits = (task.time_limit, task.soft_time_limit)
-        return
-    queue = (request.delivery_info or {}).get("routing_key") or ""
-    soft, hard = queue_time_limits(queue)
-    request.time_limits = (hard, soft)
-
-
 # --- The base task ------------------------------------------------------------------------
 _REDELIVERY_KEY = "surge:task:redeliveries:{}"
 # Long enough to outlive any redelivery loop, short enough to clean up after itself.
@@ -228,16 +150,31 @@ def _qualified_name(exc: BaseException) -> str:
     )
 
 
+class _FromSettings:
+    """A class attribute whose value is the Django setting `name`, read at each access, so
+    `override_settings` and a worker's environment reach it. A value chosen for one task
+    (a decorator option, a subclass attribute) is a plain attribute of the task's class
+    and shadows it."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        return getattr(settings, self.name)
+
+
 class SurgeTask(Task):
     """Retries transient errors with backoff and full jitter, caps redeliveries, and turns
     a task that failed for good into exactly one dead letter. See the module docstring."""
 
-    # Class attributes, overridable per task in the decorator; defaults from settings so a
-    # deployment (or a test worker) can tune them without touching code.
-    max_retries: int = _setting("TASK_MAX_RETRIES", 5)
-    retry_backoff_base: float = _setting("TASK_RETRY_BACKOFF_BASE", 1.0)
-    retry_backoff_max: float = _setting("TASK_RETRY_BACKOFF_MAX", 300.0)
-    max_redeliveries: int = _setting("TASK_MAX_REDELIVERIES", 5)
+    # Overridable per task in the decorator; the defaults are settings (config/settings.py),
+    # so a deployment (or a test worker) tunes them without touching code.
+    max_retries = _FromSettings("TASK_MAX_RETRIES")
+    retry_backoff_base = _FromSettings("TASK_RETRY_BACKOFF_BASE")
+    retry_backoff_max = _FromSettings("TASK_RETRY_BACKOFF_MAX")
+    max_redeliveries = _FromSettings("TASK_MAX_REDELIVERIES")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request_stack.top
@@ -262,9 +199,9 @@ class SurgeTask(Task):
 
     def retry_delay(self, retries: int) -> float:
         """Countdown before the next attempt. Capped below a quarter of the visibility
-        timeout: a retry waits in the worker as an unacked ETA message (see above)."""
+        timeout: a retry waits in the worker as an unacked ETA message (tasks/limits.py)."""
         delay = backoff_delay(retries, base=self.retry_backoff_base, cap=self.retry_backoff_max)
-        return min(delay, _visibility_timeout() / 4)
+        return min(delay, broker_visibility_timeout() / 4)
 
     def _on_error(self, request: Any, exc: Exception) -> None:
         """Raises the retry for a transient error with retries left; otherwise writes the
@@ -297,7 +234,7 @@ class SurgeTask(Task):
             reason = "retries_exhausted"
         else:
             reason = "error"
-        self._write_dead_letter(
+        self._report_failure(
             request,
             reason=reason,
             exception_class=_qualified_name(exc),
@@ -334,7 +271,7 @@ class SurgeTask(Task):
             request.id,
             redeliveries + 1,
         )
-        self._write_dead_letter(
+        self._report_failure(
             request,
             reason="redelivery_cap",
             exception_class="celery.exceptions.WorkerLostError",
@@ -351,7 +288,7 @@ class SurgeTask(Task):
         record("task.failed", self.name, detail={"task_id": request.id, "reason": "redelivery_cap"})
         return True
 
-    def _write_dead_letter(
+    def _report_failure(
         self,
         request: Any,
         *,
@@ -361,25 +298,24 @@ class SurgeTask(Task):
         traceback_text: str,
         attempts: int,
     ) -> None:
-        from .consumers import message_id_of
-        from .deadletters import deadletter_record
-
         delivery_info = request.delivery_info or {}
         try:
-            deadletter_record(
-                task_name=self.name,
-                task_id=str(request.id),
-                message_id=message_id_of(request),
-                args=list(request.args or []),
-                kwargs=dict(request.kwargs or {}),
-                queue=str(delivery_info.get("routing_key") or ""),
-                reason=reason,
-                exception_class=exception_class,
-                exception_message=exception_message,
-                traceback=traceback_text,
-                request_id=getattr(request, REQUEST_ID_HEADER, None) or get_request_id() or "",
-                attempts=attempts,
-                first_failed_at=_parse_time(getattr(request, "first_failed_at", None)),
+            record_failure(
+                TaskFailure(
+                    task_name=self.name,
+                    task_id=str(request.id),
+                    message_id=message_id_of(request),
+                    args=list(request.args or []),
+                    kwargs=dict(request.kwargs or {}),
+                    queue=str(delivery_info.get("routing_key") or ""),
+                    reason=reason,
+                    exception_class=exception_class,
+                    exception_message=exception_message,
+                    traceback=traceback_text,
+                    request_id=getattr(request, REQUEST_ID_HEADER, None) or get_request_id() or "",
+                    attempts=attempts,
+                    first_failed_at=_parse_time(getattr(request, "first_failed_at", None)),
+                )
             )
         except Exception as exc:
             # No record of the failure, so the message must not be acked: put it back.
@@ -397,26 +333,26 @@ class SurgeTask(Task):
         # pool process instead, and Celery reports it here, in the worker's main process.
         if not isinstance(exc, TimeLimitExceeded):
             return
-        from .deadletters import deadletter_record
-        from .outbox import outbox_confirm
-
         try:
-            deadletter_record(
-                task_name=self.name,
-                task_id=str(task_id),
-                message_id=str(task_id),
-                args=list(args or []),
-                kwargs=dict(kwargs or {}),
-                queue="",
-                reason="time_limit",
-                exception_class=_qualified_name(exc),
-                exception_message=str(exc),
-                traceback="",
-                request_id="",
-                attempts=1,
-                first_failed_at=None,
+            record_failure(
+                TaskFailure(
+                    task_name=self.name,
+                    task_id=str(task_id),
+                    message_id=str(task_id),
+                    args=list(args or []),
+                    kwargs=dict(kwargs or {}),
+                    queue="",
+                    reason="time_limit",
+                    exception_class=_qualified_name(exc),
+                    exception_message=str(exc),
+                    traceback="",
+                    request_id="",
+                    attempts=1,
+                    first_failed_at=None,
+                )
             )
-            outbox_confirm(task_id=str(task_id))
+            # No task_postrun follows in this process: say the message is done here.
+            message_done(str(task_id))
         except Exception:
             logger.exception(
                 "task %s[%s]: dead letter of a time limit not written", self.name, task_id

@@ -1,10 +1,11 @@
 """Dead letters: every task that failed for good leaves exactly one row an operator can
 inspect (task, args, error, traceback, request id, attempts) and replay or discard.
 
-Written by SurgeTask (permanent error, retries exhausted, redelivery cap, hard time limit),
-by the worker for a message naming a task it does not have, and by the outbox for a row
-that cannot be published at all. Replay goes through the outbox, with the original logical
-message id, so an effect the failed run did commit is not applied twice.
+Written for what SurgeTask (permanent error, retries exhausted, redelivery cap, hard time
+limit) and the outbox (a row that cannot be published at all) report through
+`tasks.failures.record_failure`: this module is its recorder. Also written here for a message
+naming a task the worker does not have. Replay goes through the outbox, with the original
+logical message id, so an effect the failed run did commit is not applied twice.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from django.utils import timezone
 
 from config.celery import app as celery_app
 
+from .failures import TaskFailure, message_done, set_failure_recorder
 from .models import DeadLetter
-from .outbox import enqueue_message, outbox_confirm
+from .outbox import enqueue_message
 from .statemachine import StateMachine
 from .tracing import record
 
@@ -119,6 +121,26 @@ def deadletter_record(
             detail={"dead_letter_id": dead_letter_id, "task_id": task_id, "reason": reason},
         )
     return int(dead_letter_id)
+
+
+@set_failure_recorder
+def _record_reported_failure(failure: TaskFailure) -> None:
+    """The recorder of `tasks.failures`: every reported failure becomes its dead letter."""
+    deadletter_record(
+        task_name=failure.task_name,
+        task_id=failure.task_id,
+        message_id=failure.message_id,
+        args=failure.args,
+        kwargs=failure.kwargs,
+        queue=failure.queue,
+        reason=failure.reason,
+        exception_class=failure.exception_class,
+        exception_message=failure.exception_message,
+        traceback=failure.traceback,
+        request_id=failure.request_id,
+        attempts=failure.attempts,
+        first_failed_at=failure.first_failed_at,
+    )
 
 
 def deadletter_replay(*, dead_letter_id: int) -> bool:
@@ -221,7 +243,7 @@ def _dead_letter_unknown_task(
             attempts=1,
             first_failed_at=None,
         )
-        outbox_confirm(task_id=task_id)
+        message_done(task_id)  # this process sends no task_postrun for it
     except Exception:
         logger.exception("unknown task %r: dead letter not written", name)
     finally:

@@ -48,7 +48,7 @@ def record(
 ) -> None:
     """Note one event of the flow that `request_id` (default: the current one) started."""
     request_id = request_id or get_request_id()
-    if not request_id or not getattr(settings, "TRACE_ENABLED", True):
+    if not request_id or not settings.TRACE_ENABLED:
         return
     event = {
         "request_id": request_id,
@@ -57,7 +57,7 @@ def record(
         "name": name[:200],
         "detail": detail or {},
     }
-    if getattr(settings, "TRACE_FLUSH", "thread") == "sync":
+    if settings.TRACE_FLUSH == "sync":
         _write([event])
         return
     _ensure_flusher()
@@ -90,7 +90,7 @@ def _write(events: list[dict[str, Any]]) -> None:
 
 
 def _flush_loop() -> None:
-    interval = float(getattr(settings, "TRACE_FLUSH_INTERVAL", 0.5))
+    interval = settings.TRACE_FLUSH_INTERVAL
     stop = threading.Event()
     while not stop.wait(interval):
         if _buffer:

@@ -10,7 +10,7 @@ from django.db import connections, router, transaction
 from ..models.ordering import OrderedKey
 from ..outbox import outbox_enqueue
 from .outcome import C, OrderingError
-from .store import _column, _key_fk
+from .store import column_of, command_key_fk
 
 
 def assign_seq(*, key_model: type[OrderedKey], key_id: int) -> int:
@@ -35,7 +35,7 @@ def assign_seq(*, key_model: type[OrderedKey], key_id: int) -> int:
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {qn(meta.db_table)} SET {qn('last_seq')} = {qn('last_seq')} + 1 "
-            f"WHERE {qn(_column(meta.pk))} = %s RETURNING {qn('last_seq')}",
+            f"WHERE {qn(column_of(meta.pk))} = %s RETURNING {qn('last_seq')}",
             [key_id],
         )
         row = cursor.fetchone()
@@ -59,7 +59,7 @@ def accept_command(
     command always has a seq and an applier on its way. `apply_task=None` leaves the
     enqueueing to the caller.
     """
-    key_model, fk = _key_fk(command_model)
+    key_model, fk = command_key_fk(command_model)
     using = router.db_for_write(command_model)
     with transaction.atomic(using=using, savepoint=False):
         seq = assign_seq(key_model=key_model, key_id=key_id)

@@ -15,15 +15,14 @@ from ..models.ordering import CommandStatus, OrderedCommand, OrderedKey
 from ..outbox import outbox_enqueue
 from .outcome import ApplyOutcome, ApplyReport, C, K, OrderingError
 from .store import (
-    _command_extra_fields,
-    _key_fk,
-    _key_save_fields,
-    _write_decisions,
-    _write_keys,
+    command_extra_fields,
+    command_key_fk,
+    key_save_fields,
+    write_decisions,
+    write_keys,
 )
 
-# The module's old name: operators and tests grep for it.
-logger = logging.getLogger("tasks.ordering")
+logger = logging.getLogger(__name__)
 
 
 def apply_pending(
@@ -84,8 +83,8 @@ def apply_pending(
                 "ordering: %s %s waits for seq %s", key_model._meta.label, key_id, waiting_for
             )
         if decided:
-            _write_decisions(command_model, decided, extra_fields, timezone.now(), using)
-            key.save(using=using, update_fields=_key_save_fields(key_model))
+            write_decisions(command_model, decided, extra_fields, timezone.now(), using)
+            key.save(using=using, update_fields=key_save_fields(key_model))
         if has_more and continue_task:
             outbox_enqueue(continue_task, args=[key_id])
     return ApplyReport(
@@ -171,8 +170,8 @@ def apply_pending_keys(
                 done.append((key, decided))
         if decided_all:
             now = timezone.now()
-            _write_decisions(command_model, decided_all, extra_fields, now, using)
-            _write_keys(key_model, changed, using)
+            write_decisions(command_model, decided_all, extra_fields, now, using)
+            write_keys(key_model, changed, using)
     if on_decided:
         for key, decided in done:
             on_decided(key, decided)
@@ -184,12 +183,12 @@ def _bind(
 ) -> tuple[models.ForeignKey, tuple[models.Field[Any, Any], ...], str]:
     """Checks that `command_model` is ordered by `key_model`: (its ForeignKey to the key,
     the extra command fields an applier may write, the database alias to write to)."""
-    fk_model, fk = _key_fk(command_model)
+    fk_model, fk = command_key_fk(command_model)
     if fk_model is not key_model:
         raise OrderingError(
             f"{command_model._meta.label} is not ordered by {key_model._meta.label}"
         )
-    extra_fields = _command_extra_fields(command_model, tuple(command_fields))
+    extra_fields = command_extra_fields(command_model, tuple(command_fields))
     return fk, extra_fields, router.db_for_write(key_model)
 
 

@@ -1,5 +1,10 @@
 """What the library reads off the models (the command's key, the fields it may write) and the
-hand-written UPDATE … FROM (VALUES …) statements that save a batch in one round trip."""
+hand-written UPDATE … FROM (VALUES …) statements that save a batch in one round trip.
+
+Its interface, for `accept` and `apply` (apps use the package's names, not these):
+`command_key_fk`, `command_extra_fields`, `key_save_fields`, `column_of` (model
+introspection, cached per model), `write_decisions` and `write_keys` (one UPDATE per batch).
+"""
 
 from __future__ import annotations
 
@@ -15,14 +20,14 @@ from django.db import connections, models
 from ..models.ordering import OrderedCommand, OrderedKey
 
 
-def _write_keys(key_model: type[OrderedKey], keys: Sequence[OrderedKey], using: str) -> None:
+def write_keys(key_model: type[OrderedKey], keys: Sequence[OrderedKey], using: str) -> None:
     """`key.save(update_fields=<all but last_seq>)` for every key, in one UPDATE."""
     connection = connections[using]
     meta = key_model._meta
     pk = meta.pk
     assert pk is not None
     fields: list[models.Field[Any, Any]] = [pk]
-    for name in _key_save_fields(key_model):
+    for name in key_save_fields(key_model):
         field = meta.get_field(name)
         assert isinstance(field, models.Field)
         fields.append(field)
@@ -30,7 +35,9 @@ def _write_keys(key_model: type[OrderedKey], keys: Sequence[OrderedKey], using: 
 
 
 @functools.cache
-def _key_fk(command_model: type[OrderedCommand]) -> tuple[type[OrderedKey], models.ForeignKey]:
+def command_key_fk(
+    command_model: type[OrderedCommand],
+) -> tuple[type[OrderedKey], models.ForeignKey]:
     """The command model's one ForeignKey to an `OrderedKey` model, and that model."""
     if not issubclass(command_model, OrderedCommand):
         raise ImproperlyConfigured(f"{command_model!r} is not an OrderedCommand")
@@ -53,10 +60,12 @@ def _key_fk(command_model: type[OrderedCommand]) -> tuple[type[OrderedKey], mode
 
 
 @functools.cache
-def _command_extra_fields(
+def command_extra_fields(
     command_model: type[OrderedCommand], names: tuple[str, ...]
 ) -> tuple[models.Field[Any, Any], ...]:
-    reserved = {"seq", "status", "reason", "applied_at", _key_fk(command_model)[1].name}
+    """The command fields named in `names`, checked to be ones an applier may write (not
+    the key, the seq or the library's own status fields)."""
+    reserved = {"seq", "status", "reason", "applied_at", command_key_fk(command_model)[1].name}
     fields = []
     for name in names:
         field = command_model._meta.get_field(name)
@@ -72,7 +81,8 @@ def _command_extra_fields(
 
 
 @functools.cache
-def _key_save_fields(key_model: type[OrderedKey]) -> list[str]:
+def key_save_fields(key_model: type[OrderedKey]) -> list[str]:
+    """The key fields an applier saves."""
     # Every field but `last_seq`: the callback may change any of them, and `last_seq`
     # belongs to assign_seq (it cannot move while we hold the lock, but must never be
     # written from a stale copy either).
@@ -83,7 +93,8 @@ def _key_save_fields(key_model: type[OrderedKey]) -> list[str]:
     ]
 
 
-def _column(field: models.Field[Any, Any]) -> str:
+def column_of(field: models.Field[Any, Any]) -> str:
+    """The database column of a concrete field."""
     assert field.column is not None
     return field.column
 
@@ -97,14 +108,15 @@ def _cast_type(field: models.Field[Any, Any], connection: Any) -> str:
     return db_type
 
 
-def _write_decisions(
+def write_decisions(
     command_model: type[OrderedCommand],
     commands: Sequence[OrderedCommand],
     extra_fields: Sequence[models.Field[Any, Any]],
     applied_at: datetime,
     using: str,
 ) -> None:
-    """One UPDATE … FROM (VALUES …) for the whole batch, whatever its size."""
+    """Saves the decisions of `commands` (status, reason, `extra_fields`, `applied_at`): one
+    UPDATE … FROM (VALUES …) for the whole batch, whatever its size."""
     connection = connections[using]
     meta = command_model._meta
     pk = meta.pk
@@ -137,11 +149,11 @@ def _update_from_values(
     column to one value for every row."""
     qn = connection.ops.quote_name
     row_sql = "(" + ", ".join(f"%s::{_cast_type(f, connection)}" for f in fields) + ")"
-    names = [qn(_column(f)) for f in fields]
+    names = [qn(column_of(f)) for f in fields]
     assignments = ", ".join(f"{name} = v.{name}" for name in names[1:])
     params: list[Any] = []
     if also is not None:
-        assignments += f", {qn(_column(also[0]))} = %s"
+        assignments += f", {qn(column_of(also[0]))} = %s"
         params.append(also[1])
     for row in rows:
         params.extend(f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields)

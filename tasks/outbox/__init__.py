@@ -39,17 +39,23 @@ of one row is the same message to its consumer. Rows done for longer than
 `OUTBOX_RETENTION_DAYS` are pruned (`tasks.outbox_prune`, hourly); the dedupe window of
 `key` is that retention.
 
-The package: `enqueue` (the row, in the caller's transaction), `relay` (one batch per
-transaction, published after its commit), `publish` (messages to the broker, rows marked
-sent), `epoch` (the broker's epoch), `sweeper` (the sweeper and the pruning), `confirm` (done,
-from the worker's `task_postrun`), `jobs` (the beat's Celery tasks).
+The package, and what its modules give each other (everything else is the package's own
+interface, imported from `tasks.outbox`):
+- `enqueue`: the row, in the caller's transaction;
+- `relay`: `transaction_batch()` (the rows of the open transaction, published by one
+  `on_commit` hook) and `relay_rows(rows)` (publish committed rows now, never raises);
+- `publish`: `publish_rows(producer, rows, attempts=)` (to the broker, pipelined; a row that
+  can never be published is reported to `tasks.failures` and marked done) and
+  `mark_sent(rows, epoch, only_unsent=)`;
+- `epoch`: `broker_epoch(producer, fresh=)`, the broker's epoch (cached for a second);
+- `sweeper`: the sweeper and the pruning; `jobs`: the beat's Celery tasks;
+- `confirm`: done, from the worker's `task_postrun` or `tasks.failures.message_done`.
+The package imports nothing from the rest of the toolkit but its models, context, tracing
+and `tasks.failures`: SurgeTask and the dead letters use the outbox, never the reverse.
 """
 
 from __future__ import annotations
 
-# Imported for its worker-side receivers too (per-queue time limits): the app's ready()
-# imports this package in every process.
-from .. import base as _base  # noqa: F401
 from .confirm import outbox_confirm, outbox_id_of  # and its task_postrun receiver
 from .enqueue import enqueue_message, outbox_enqueue
 from .epoch import outbox_broker_epoch

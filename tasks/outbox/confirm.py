@@ -8,11 +8,11 @@ from typing import Any
 from celery import signals, states
 from django.db import connection
 
+from ..failures import on_message_done
 from ..models import OutboxMessage
 from .publish import TASK_ID_PREFIX
 
-# The module's old name: operators and tests grep for it.
-logger = logging.getLogger("tasks.outbox")
+logger = logging.getLogger(__name__)
 
 
 def outbox_id_of(task_id: str | None) -> int | None:
@@ -46,6 +46,12 @@ def outbox_confirm(*, outbox_id: int | None = None, task_id: str | None = None) 
 # back on the queue, or dropped by Celery on purpose: rare, and the sweeper's timeout
 # will tell).
 _DONE_STATES = frozenset({states.SUCCESS, states.FAILURE, states.IGNORED})
+
+
+@on_message_done
+def _confirm_done_elsewhere(task_id: str) -> None:
+    """A message done where no task_postrun runs (tasks.failures.message_done)."""
+    outbox_confirm(task_id=task_id)
 
 
 @signals.task_postrun.connect

@@ -12,7 +12,7 @@ from config.celery import app as celery_app
 from ..context import get_request_id
 from ..models import OutboxMessage
 from ..tracing import record
-from .relay import _relay, _transaction_batch
+from .relay import relay_rows, transaction_batch
 
 _INSERT = (
     f"INSERT INTO {OutboxMessage._meta.db_table} "
@@ -107,7 +107,7 @@ def enqueue_message(
         detail={"outbox_id": row.pk, "key": key},
     )
     if connection.in_atomic_block:
-        _transaction_batch().rows.append(row)
+        transaction_batch().rows.append(row)
     else:
-        _relay([row])  # autocommit: the row is committed already
+        relay_rows([row])  # autocommit: the row is committed already
     return row

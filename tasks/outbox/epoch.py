@@ -15,15 +15,14 @@ from config.celery import app as celery_app
 
 from ..models import OutboxEpoch, OutboxMessage
 
-# The module's old name: operators and tests grep for it.
-logger = logging.getLogger("tasks.outbox")
+logger = logging.getLogger(__name__)
 
 _EPOCH_KEY = "surge:outbox:broker-epoch"
 _EPOCH_CACHE_S = 1.0
 _epoch_cache: tuple[int, float, int] | None = None  # (epoch, valid until, pid)
 
 
-def _broker_epoch(producer: Any, *, fresh: bool = False) -> int:
+def broker_epoch(producer: Any, *, fresh: bool = False) -> int:
     """The current epoch of the broker's data; 0 when the broker is not Redis (then only
     the unconfirmed timeout covers a loss of its data).
 
@@ -77,4 +76,4 @@ def _allocate_epoch() -> int:
 def outbox_broker_epoch() -> int:
     """The current epoch of the broker's data (0 if the broker is not Redis)."""
     with celery_app.producer_or_acquire() as producer:
-        return _broker_epoch(producer, fresh=True)
+        return broker_epoch(producer, fresh=True)

@@ -13,11 +13,11 @@ from django.db.models.functions import Now
 from config.celery import app as celery_app
 
 from ..context import HEADER as REQUEST_ID_HEADER
+from ..failures import TaskFailure, record_failure
 from ..models import OutboxMessage
 from ..tracing import record
 
-# The module's old name: operators and tests grep for it.
-logger = logging.getLogger("tasks.outbox")
+logger = logging.getLogger(__name__)
 
 TASK_ID_PREFIX = "outbox-"
 # Messages sent to Redis in one pipeline (one round trip) at most.
@@ -31,7 +31,7 @@ _MARK_SENT = (
 )
 
 
-def _mark_sent(rows: list[OutboxMessage], epoch: int, *, only_unsent: bool) -> None:
+def mark_sent(rows: list[OutboxMessage], epoch: int, *, only_unsent: bool) -> None:
     """Stamps `rows` sent into `epoch` (SQL by hand: this is on every relay's path)."""
     sql = _MARK_SENT + " AND sent_at IS NULL" if only_unsent else _MARK_SENT
     with connection.cursor() as cursor:
@@ -42,7 +42,7 @@ def _mark_sent(rows: list[OutboxMessage], epoch: int, *, only_unsent: bool) -> N
 _UNPUBLISHABLE = (KeyError, TypeError, ValueError, kombu.exceptions.EncodeError)
 
 
-def _publish(producer: Any, rows: list[OutboxMessage], *, attempts: int) -> list[OutboxMessage]:
+def publish_rows(producer: Any, rows: list[OutboxMessage], *, attempts: int) -> list[OutboxMessage]:
     """Publishes `rows` over `producer`'s connection; returns those published. A row that
     cannot be published at all (unknown queue, args not a list) becomes a dead letter and
     is marked done, so no sweep trips over it again. A broker error propagates after
@@ -99,7 +99,7 @@ def _publish_pipelined(
                     producer=producer,
                     # Only a queue's declaration (once per connection) goes over the
                     # network here; the messages go at the batch's flush. A broker error
-                    # from either fails this try, and `_publish` tries the whole batch again.
+                    # from either fails this try, and `publish_rows` tries the whole batch again.
                     retry=False,
                     add_to_parent=False,
                 )
@@ -111,22 +111,22 @@ def _publish_pipelined(
 
 
 def _dead_letter_unpublishable(row: OutboxMessage, exc: Exception) -> None:
-    from ..deadletters import deadletter_record
-
     logger.error("outbox row %s (%s) cannot be published: %r", row.pk, row.task_name, exc)
-    deadletter_record(
-        task_name=row.task_name,
-        task_id=f"{TASK_ID_PREFIX}{row.pk}",
-        message_id=row.logical_message_id,
-        args=row.args if isinstance(row.args, list) else [row.args],
-        kwargs=row.kwargs if isinstance(row.kwargs, dict) else {"value": row.kwargs},
-        queue=row.queue,
-        reason="unpublishable",
-        exception_class=type(exc).__name__,
-        exception_message=str(exc),
-        traceback="",
-        request_id=row.request_id,
-        attempts=0,
-        first_failed_at=None,
+    record_failure(
+        TaskFailure(
+            task_name=row.task_name,
+            task_id=f"{TASK_ID_PREFIX}{row.pk}",
+            message_id=row.logical_message_id,
+            args=row.args if isinstance(row.args, list) else [row.args],
+            kwargs=row.kwargs if isinstance(row.kwargs, dict) else {"value": row.kwargs},
+            queue=row.queue,
+            reason="unpublishable",
+            exception_class=type(exc).__name__,
+            exception_message=str(exc),
+            traceback="",
+            request_id=row.request_id,
+            attempts=0,
+            first_failed_at=None,
+        )
     )
     OutboxMessage.objects.filter(pk=row.pk).update(done_at=Now())

@@ -11,16 +11,15 @@ from django.db import connection, transaction
 from config.celery import app as celery_app
 
 from ..models import OutboxMessage
-from .epoch import _broker_epoch
-from .publish import _mark_sent, _publish
+from .epoch import broker_epoch
+from .publish import mark_sent, publish_rows
 
-# The module's old name: operators and tests grep for it.
-logger = logging.getLogger("tasks.outbox")
+logger = logging.getLogger(__name__)
 
 _BATCH_ATTR = "_surge_outbox_batch"
 
 
-class _Batch:
+class TransactionBatch:
     """The rows one transaction enqueued; one `on_commit` hook publishes them together."""
 
     __slots__ = ("hooks", "rolled_back", "rows")
@@ -39,10 +38,10 @@ class _Batch:
         # savepoint rolled back (or we are called by hand, as tests do). Then the relay
         # asks the database which rows exist; otherwise every row committed.
         replaced = self.hooks is None or any(entry[1] is self for entry in self.hooks)
-        _relay(self.rows, verify=self.rolled_back or replaced)
+        relay_rows(self.rows, verify=self.rolled_back or replaced)
 
 
-def _transaction_batch() -> _Batch:
+def transaction_batch() -> TransactionBatch:
     """The batch of the current transaction, registering its hook on first use.
 
     Django keeps the hooks of the open transaction in `connection.run_on_commit` and
@@ -51,7 +50,7 @@ def _transaction_batch() -> _Batch:
     rolled back since; when it changed, we look for the hook once, and start a new batch
     if a rollback dropped it, or note that some of the batch's rows may be gone.
     """
-    batch: _Batch | None = getattr(connection, _BATCH_ATTR, None)
+    batch: TransactionBatch | None = getattr(connection, _BATCH_ATTR, None)
     hooks = connection.run_on_commit
     if batch is not None and hooks is not batch.hooks:
         if any(entry[1] is batch for entry in hooks):
@@ -60,7 +59,7 @@ def _transaction_batch() -> _Batch:
         else:
             batch = None
     if batch is None:
-        batch = _Batch()
+        batch = TransactionBatch()
         transaction.on_commit(batch)
         batch.hooks = connection.run_on_commit
         setattr(connection, _BATCH_ATTR, batch)
@@ -73,7 +72,7 @@ _RELAY_PAUSE_S = 2.0
 _relay_paused_until = 0.0
 
 
-def _relay(rows: list[OutboxMessage], *, verify: bool = False) -> None:
+def relay_rows(rows: list[OutboxMessage], *, verify: bool = False) -> None:
     """Publishes committed rows not yet sent, then marks them sent. Never raises: a row
     it could not publish stays unsent for the sweeper. With `verify`, first asks which
     of the rows exist (a savepoint that rolled back took some away)."""
@@ -92,11 +91,11 @@ def _relay(rows: list[OutboxMessage], *, verify: bool = False) -> None:
             if not pending:
                 return
         with celery_app.producer_or_acquire() as producer:
-            epoch = _broker_epoch(producer)
+            epoch = broker_epoch(producer)
             # One retry: a pooled connection gone stale (a broker restart) reconnects.
-            published = _publish(producer, pending, attempts=2)
+            published = publish_rows(producer, pending, attempts=2)
         if published:
-            _mark_sent(published, epoch, only_unsent=True)
+            mark_sent(published, epoch, only_unsent=True)
     except Exception:
         _relay_paused_until = time.monotonic() + _RELAY_PAUSE_S
         logger.warning(

@@ -14,15 +14,10 @@ from django.db.models import DateTimeField, Func, Q
 from config.celery import app as celery_app
 
 from ..models import OutboxMessage, ProcessedMessage
-from .epoch import _broker_epoch
-from .publish import _mark_sent, _publish
+from .epoch import broker_epoch
+from .publish import mark_sent, publish_rows
 
-# The module's old name: operators and tests grep for it.
-logger = logging.getLogger("tasks.outbox")
-
-
-def _seconds(name: str, default: float) -> timedelta:
-    return timedelta(seconds=float(getattr(settings, name, default)))
+logger = logging.getLogger(__name__)
 
 
 class _ClockTimestamp(Func):
@@ -49,15 +44,15 @@ def outbox_sweep(
     broker epoch that has since ended, or unconfirmed for too long. Batches are claimed
     with FOR UPDATE SKIP LOCKED: sweepers running at once share the work, none waits.
     """
-    batch_size = batch_size or int(getattr(settings, "OUTBOX_SWEEP_BATCH_SIZE", 500))
+    batch_size = batch_size or settings.OUTBOX_SWEEP_BATCH_SIZE
     if unsent_after is None:
-        unsent_after = _seconds("OUTBOX_SWEEP_UNSENT_AFTER_S", 5)
+        unsent_after = timedelta(seconds=settings.OUTBOX_SWEEP_UNSENT_AFTER_S)
     if unconfirmed_after is None:
-        unconfirmed_after = _seconds("OUTBOX_REPUBLISH_UNCONFIRMED_AFTER_S", 3600)
+        unconfirmed_after = timedelta(seconds=settings.OUTBOX_REPUBLISH_UNCONFIRMED_AFTER_S)
     published = 0
     budget = max_batches
     with celery_app.producer_or_acquire() as producer:
-        epoch = _broker_epoch(producer, fresh=True)
+        epoch = broker_epoch(producer, fresh=True)
         # Each question has its own partial index (tasks/models/outbox.py).
         questions: list[tuple[Q, str]] = [
             (
@@ -98,9 +93,9 @@ def _sweep_batch(producer: Any, due: Q, order: str, epoch: int, batch_size: int)
         )
         if not rows:
             return 0
-        published = _publish(producer, rows, attempts=2)
+        published = publish_rows(producer, rows, attempts=2)
         if published:
-            _mark_sent(published, epoch, only_unsent=False)
+            mark_sent(published, epoch, only_unsent=False)
     return len(rows)
 
 
@@ -112,7 +107,7 @@ def outbox_prune(*, older_than: timedelta | None = None, batch_size: int = 5000)
     row still in flight, or from a publication made before its row was done.
     """
     if older_than is None:
-        older_than = timedelta(days=float(getattr(settings, "OUTBOX_RETENTION_DAYS", 7)))
+        older_than = timedelta(days=settings.OUTBOX_RETENTION_DAYS)
     deleted = 0
     for queryset in (
         OutboxMessage.objects.filter(done_at__lt=_ClockTimestamp() - older_than),

@@ -18,6 +18,7 @@ import redis.exceptions
 import requests
 from celery.exceptions import SoftTimeLimitExceeded
 from django import db
+from django.test import override_settings
 
 from config.celery import LONGEST_HARD_LIMIT_S
 from config.celery import app as celery_app
@@ -33,7 +34,7 @@ from tasks.errors import Permanent, Transient
 from tasks.models import DeadLetter, OutboxMessage
 from tasks.outbox import outbox_enqueue
 from tests.toolkit_app.models import ProbeDelivery, ProbeEffect, ProbeItem
-from tests.toolkit_app.tasks import probe_flaky, probe_kill_self
+from tests.toolkit_app.tasks import probe_effect, probe_flaky, probe_kill_self
 
 from ..harness import LiveProcess, wait_for
 
@@ -74,6 +75,29 @@ def test_per_task_settings_override_the_defaults() -> None:
     assert (probe_flaky.max_retries, probe_flaky.retry_backoff_base) == (2, 0.05)
     assert probe_kill_self.max_redeliveries == 2
     assert SurgeTask.max_retries >= 1 and SurgeTask.max_redeliveries >= 1
+
+
+def test_the_defaults_are_settings_read_when_used() -> None:
+    """The defaults are read from settings each time (override_settings, a worker's
+    environment), not frozen when tasks/base.py was imported; a value chosen for one task
+    still wins over them."""
+    knobs = {
+        "TASK_MAX_RETRIES": 7,
+        "TASK_MAX_REDELIVERIES": 9,
+        "TASK_RETRY_BACKOFF_BASE": 0.25,
+        "TASK_RETRY_BACKOFF_MAX": 3.0,
+    }
+    with override_settings(**knobs):
+        for task in (SurgeTask, probe_effect):
+            assert (
+                task.max_retries,
+                task.max_redeliveries,
+                task.retry_backoff_base,
+                task.retry_backoff_max,
+            ) == (7, 9, 0.25, 3.0)
+        assert all(probe_effect.retry_delay(10) <= 3.0 for _ in range(50))
+        assert (probe_flaky.max_retries, probe_flaky.retry_backoff_base) == (2, 0.05)
+        assert probe_kill_self.max_redeliveries == 2
 
 
 # --- Classification -------------------------------------------------------------------------
@@ -149,7 +173,7 @@ def test_configured_limits() -> None:
 def test_limits_chosen_for_a_task_or_a_message_win() -> None:
     """Celery stamps the global limits on every message: those mean "nothing chosen" and
     give way to the queue's; anything else was chosen and stays."""
-    from tasks.base import _apply_queue_time_limits
+    from tasks.limits import _apply_queue_time_limits
 
     conf = celery_app.conf
     defaults = [conf.task_time_limit, conf.task_soft_time_limit]
