@@ -336,3 +336,12 @@ if WALLETS_APPLY_MODE not in ("ordered", "naive"):
 
 # Bench-only endpoints that write (bench/stack.py sets it); never on in a real deployment.
 BENCH_WRITE_ENDPOINTS = env.bool("BENCH_WRITE_ENDPOINTS", default=False)
+
+# --- Worker heartbeats (apps/ops/heartbeat.py, read by /readyz) --------------------------
+# Each worker writes one every interval; /readyz counts a worker live until its last beat is
+# TTL old. The TTL spans a few beats, so one late beat (a busy event loop, a reconnect)
+# never reads as a dead worker; it is also how long a killed worker still counts.
+WORKER_HEARTBEAT_INTERVAL_S = env.float("WORKER_HEARTBEAT_INTERVAL_S", default=2.0)
+WORKER_HEARTBEAT_TTL_S = env.float("WORKER_HEARTBEAT_TTL_S", default=8.0)
+if WORKER_HEARTBEAT_TTL_S <= WORKER_HEARTBEAT_INTERVAL_S:
+    raise ImproperlyConfigured("WORKER_HEARTBEAT_TTL_S must be longer than the interval.")

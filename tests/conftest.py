@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,7 +21,9 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from redis.exceptions import RedisError
 
+from apps.core.redis import get_redis
 from config.devservices import PrivateRedis
 
 from .harness import (
@@ -65,11 +68,28 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> None:
-    """Throttle counters and cached values never leak from one test into the next."""
+    """Throttle counters and cached values never leak from one test into the next. The
+    cache shares the private Redis's database, so clearing it flushes everything there:
+    the live workers' heartbeats are put back, or /readyz would read "no worker" until
+    each beats again (a flush is the test's, not a fault a worker lives through)."""
     from django.core.cache import cache
 
-    cache.clear()
+    from apps.ops.heartbeat import KEYS
 
+    client = get_redis()
+    kept: list[tuple[str, Any]] = []
+    with contextlib.suppress(RedisError):  # a test before this one may have stopped Redis
+        kept = [(key, client.dump(key)) for key in KEYS]
+    cache.clear()
+    with contextlib.suppress(RedisError):
+        for key, value in kept:
+            if value is not None:
+                client.restore(key, 0, value, replace=True)
+
+
+# Worker heartbeats in the processes the fixtures start (apps/ops/heartbeat.py).
+HEARTBEAT_INTERVAL_S = 1.0
+HEARTBEAT_TTL_S = 4.0
 
 # How late tok_slow answers in tests: enough to notice, too little to slow the suite.
 GATEWAY_DELAY_MS = 50
@@ -139,6 +159,9 @@ def live_env(django_db_setup: None, _session_gateway: LiveProcess) -> dict[str, 
         SAGA_HARD_LIMIT_MARGIN="4",
         SAGA_LEASE_MARGIN="4",
         TRACE_FLUSH_INTERVAL="0.2",
+        # A killed worker leaves /readyz within a few seconds (production: 2 s beats, 8 s TTL).
+        WORKER_HEARTBEAT_INTERVAL_S=str(HEARTBEAT_INTERVAL_S),
+        WORKER_HEARTBEAT_TTL_S=str(HEARTBEAT_TTL_S),
         PYTHONUNBUFFERED="1",
         LOG_FORMAT="text",
     )
