@@ -34,9 +34,22 @@ from ..harness import (
 
 pytestmark = pytest.mark.live
 
+REDIS_URL_VARIABLES = ("REDIS_URL", "CACHE_REDIS_URL", "CHANNELS_REDIS_URL", "CELERY_BROKER_URL")
+
 
 def _readyz(base_url: str) -> requests.Response:
     return requests.get(f"{base_url}/readyz", timeout=10)
+
+
+class _NotYet(list[dict[str, Any]]):
+    """Empty, so falsy for wait_for, and shows the last answer when the wait times out."""
+
+    def __init__(self, answer: str) -> None:
+        super().__init__()
+        self.answer = answer
+
+    def __repr__(self) -> str:
+        return f"last answer {self.answer}"
 
 
 def _answer_with(
@@ -45,11 +58,14 @@ def _answer_with(
     """A wait_for condition: [the body] once /readyz answers `status` (and `workers`)."""
 
     def check() -> list[dict[str, Any]]:
-        response = _readyz(base_url)
-        if response.status_code != status:
-            return []
+        try:
+            response = _readyz(base_url)
+        except requests.RequestException as exc:
+            return _NotYet(repr(exc))
         body = response.json()
-        return [body] if workers is None or body["workers"] == workers else []
+        if response.status_code == status and workers in (None, body["workers"]):
+            return [body]
+        return _NotYet(f"{response.status_code} {response.text}")
 
     return check
 
@@ -177,7 +193,9 @@ def stack_on_private_postgres(
     """(web URL, server, database URL): web, a worker and beat on a PostgreSQL server that
     the test may restart."""
     server, database_url = private_postgres
-    env = live_env | {"DATABASE_URL": database_url}
+    # A Redis database of their own too: the session's worker must not take their tasks.
+    redis_url = live_env["REDIS_URL"].rsplit("/", 1)[0] + "/1"
+    env = live_env | {"DATABASE_URL": database_url} | dict.fromkeys(REDIS_URL_VARIABLES, redis_url)
     port = free_port()
     processes = [
         LiveProcess(
