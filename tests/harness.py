@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -19,15 +15,11 @@ from urllib.parse import quote
 
 import requests
 
+from config.devservices import free_port as free_port  # the tests take it from here too
+from config.devservices import signal_child, start_child, stop_children
+
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
-_SETPRIV = shutil.which("setpriv")  # util-linux; absent on some systems (then no pdeathsig)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(
@@ -91,6 +83,11 @@ def worker_argv(
     ]  # fmt: skip
 
 
+def beat_argv() -> list[str]:
+    """Celery beat as the Procfile runs it (its schedule lives in the database)."""
+    return ["celery", "-A", "config", "beat", "--loglevel", "INFO"]
+
+
 def gunicorn_argv(port: int, *, workers: int = 2) -> list[str]:
     return [
         "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}",
@@ -132,24 +129,11 @@ class LiveProcess:
 
     def spawn(self) -> None:
         """Starts the process without waiting. Call it from the main thread: the child is
-        told to die with the thread that started it (PR_SET_PDEATHSIG, through util-linux's
-        `setpriv` where it exists), so a pytest run that is itself SIGKILLed leaves no live
-        servers behind. A thread that ends would take its children with it."""
-        self.log_path.write_bytes(b"")
-        log = self.log_path.open("ab")
-        argv = self.argv
-        if _SETPRIV and threading.current_thread() is threading.main_thread():
-            argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own group: kill() reaches the pool children too
+        told to die with the thread that started it (see `start_child`), so a pytest run
+        that is itself SIGKILLed leaves no live servers behind."""
+        self.proc = start_child(
+            self.argv, output=self.log_path, env=self.env, cwd=ROOT, die_with_parent=True
         )
-        log.close()
 
     def wait_ready(self) -> None:
         assert self.proc is not None, "spawn() first"
@@ -170,30 +154,16 @@ class LiveProcess:
         except FileNotFoundError:
             return ""
 
-    def _signal_group(self, sig: int) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-
     def kill(self) -> None:
         """SIGKILL the whole process group: no cleanup, no acks, as in a crash."""
-        self._signal_group(signal.SIGKILL)
         if self.proc is not None:
+            signal_child(self.proc, signal.SIGKILL)
             self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        if not self.alive():
-            self._signal_group(signal.SIGKILL)  # orphaned children, if any
-            return
-        assert self.proc is not None
-        self._signal_group(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._signal_group(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        self._signal_group(signal.SIGKILL)
+        """SIGTERM, and SIGKILL for what is left after 10 s (orphaned children too)."""
+        if self.proc is not None:
+            stop_children([self.proc])
 
     def restart(self) -> None:
         self.stop()

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from tasks import tracing
@@ -78,6 +79,21 @@ class ApiJsonErrorsMiddleware:
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        """A database that does not answer (PostgreSQL down, or its first seconds after a
+        restart: each process's kept connection breaks once) is a 503 the client may retry,
+        on any path, never a 500. DRF views answer it in their exception handler already;
+        this covers the rest (pages, the admin) and `InterfaceError` (a closed connection
+        used again in the same request)."""
+        if not isinstance(exception, (OperationalError, InterfaceError)):
+            return None
+        logger.warning("database unavailable: %s", exception)
+        return JsonResponse(
+            {"code": ErrorCode.SERVICE_UNAVAILABLE.value, "detail": "Try again shortly."},
+            status=503,
+            headers={"Retry-After": "1"},
+        )
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)

@@ -7,9 +7,16 @@ import requests
 
 from config.devservices import PrivateRedis
 
-from ..harness import LiveProcess, wait_ready
+from ..conftest import HEARTBEAT_TTL_S
+from ..harness import LiveProcess, wait_for, wait_ready
 
 pytestmark = pytest.mark.live
+
+
+def _not_ready(base_url: str) -> list[requests.Response]:
+    """[the answer] once /readyz answers 503 (a Response of a 503 is falsy itself)."""
+    response = requests.get(f"{base_url}/readyz", timeout=10)
+    return [response] if response.status_code == 503 else []
 
 
 def test_healthz(live_web: LiveProcess) -> None:
@@ -30,7 +37,13 @@ def test_readyz_503_when_the_worker_is_gone(
     live_web: LiveProcess, live_worker: LiveProcess
 ) -> None:
     live_worker.kill()
-    response = requests.get(f"{live_web.url}/readyz", timeout=10)
+    # A killed worker says nothing: it is gone once its last heartbeat expires.
+    (response,) = wait_for(
+        lambda: _not_ready(live_web.url or ""),
+        timeout=HEARTBEAT_TTL_S + 3,
+        interval=0.2,
+        what="503 after the worker was killed",
+    )
     assert response.status_code == 503
     body = response.json()
     assert body["workers"] == 0
