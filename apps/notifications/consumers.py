@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from apps.core.errors import ErrorCode
 
-from . import selectors
+from . import presence, selectors
 from .services import notification_event, user_group
 
 # Ids remembered per socket; past this the oldest are forgotten (a resume from further
@@ -35,6 +36,7 @@ class NotificationConsumer(AsyncJsonWebsocketConsumer):
     user_id: int
     group: str
     sent: dict[int, None]  # insertion-ordered set
+    counted = False
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -44,7 +46,10 @@ class NotificationConsumer(AsyncJsonWebsocketConsumer):
         self.user_id = int(user.pk)
         self.group = user_group(self.user_id)
         self.sent = {}
-        # Join before accepting: nothing committed after this point can be missed live.
+        # Counted online, then in the group, before accepting: nothing committed after
+        # this point can be missed live.
+        await sync_to_async(presence.presence_join)(self.user_id)
+        self.counted = True
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         await self.send_json({"type": "hello", "user": {"id": user.pk}})
@@ -52,6 +57,9 @@ class NotificationConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if getattr(self, "group", None):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+        if getattr(self, "counted", False):
+            self.counted = False
+            await sync_to_async(presence.presence_leave)(self.user_id)
 
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kw: Any

@@ -14,12 +14,16 @@ the other side: subscribing to its topic is the opt-in, so every subscriber gets
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
@@ -30,7 +34,7 @@ from tasks.outbox import outbox_enqueue
 from tasks.statemachine import StateMachine
 
 from . import kinds as kinds_mod
-from . import validation
+from . import presence, validation
 from .models import (
     Broadcast,
     Notification,
@@ -69,6 +73,11 @@ BROADCAST_QUEUE = "bulk"
 # the per-batch cost (a task, a lock, a few statements) is small beside the rows, small
 # enough that a batch never holds the broadcast's row lock for long.
 BROADCAST_BATCH_SIZE = 1000
+
+# Up to this many new rows, each goes through `live_event_send`; a bigger batch's events
+# are sent together (see `_announce`), this many group_sends in flight at once.
+LIVE_ONE_BY_ONE_MAX = 20
+LIVE_CONCURRENCY = 64
 
 BROADCAST_MACHINE = StateMachine(
     "broadcast",
@@ -202,12 +211,62 @@ def _iso(value: datetime) -> str:
 
 
 def _announce(made: Sequence[Notification]) -> None:
-    # One group_send per user, each after the commit (nothing on rollback). A lost event
-    # costs the client a resume (`after_id`), never the notification.
-    for notification in made:
-        live_event_send(
-            group=user_group(notification.user_id), event=notification_event(notification)
+    """One live event per new row, to its user's group, after the commit (nothing on
+    rollback). A lost event costs the client a resume (`after_id`), never the row."""
+    if len(made) <= LIVE_ONE_BY_ONE_MAX:
+        for notification in made:
+            live_event_send(
+                group=user_group(notification.user_id), event=notification_event(notification)
+            )
+        return
+    # A batch (2,000 coupons) cannot pay `live_event_send`'s cost per event (a fresh event
+    # loop and Redis connection each: ~4 ms, seconds per batch): the same per-user events,
+    # after the same commit, sent from one loop and pool, a bounded number at a time.
+    # Only users with a socket open (presence.py), asked after the commit: most of a
+    # coupon batch's owners are not looking, and each group_send is Redis round trips.
+    transaction.on_commit(partial(_send_to_online, list(made)))
+
+
+def _send_to_online(made: list[Notification]) -> None:
+    online = presence.online_among(n.user_id for n in made)
+    events = [(user_group(n.user_id), notification_event(n)) for n in made if n.user_id in online]
+    if events:
+        _send_many(events)
+
+
+def _send_many(events: list[tuple[str, dict[str, Any]]]) -> None:
+    # Groups in parallel, each group's events in id order (a client sees them in order).
+    by_group: dict[str, list[dict[str, Any]]] = {}
+    for group, event in events:
+        by_group.setdefault(group, []).append(event)
+
+    async def send_all() -> None:
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        gate = asyncio.Semaphore(LIVE_CONCURRENCY)
+
+        async def send(group: str, group_events: list[dict[str, Any]]) -> None:
+            async with gate:
+                for event in group_events:
+                    await layer.group_send(group, event)
+
+        results = await asyncio.gather(
+            *(send(g, e) for g, e in by_group.items()), return_exceptions=True
         )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            logger.warning(
+                "live notification events to %d of %d users not sent; clients resume",
+                len(failures),
+                len(by_group),
+                exc_info=failures[0],
+            )
+
+    try:
+        async_to_sync(send_all)()
+    except Exception:
+        logger.warning("live notification events not sent; clients resume", exc_info=True)
 
 
 def _enqueue_webpush_deliveries(*, kind: str, notification_ids: Sequence[int]) -> None:
