@@ -1,5 +1,6 @@
 """Every app's WebSocket routes, in one list for config.asgi."""
 
+from apps.notifications.routing import websocket_urlpatterns as notifications_ws
 from apps.ops.routing import websocket_urlpatterns as ops_ws
 
-websocket_urlpatterns = [*ops_ws]
+websocket_urlpatterns = [*ops_ws, *notifications_ws]

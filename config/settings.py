@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "apps.coupons",
     "apps.wallets",
     "apps.orders",
+    "apps.notifications",
 ]
 # The lab (apps/lab): the naive, synchronous and ablation variants and the no-op baselines
 # the bench compares Surge against. Installed and routed only with this on (bench/stack.py
@@ -324,6 +325,25 @@ COUPON_ISSUE_RATE_WINDOW_MS = env.int("COUPON_ISSUE_RATE_WINDOW_MS", default=10_
 # pass a second, not ten (bench/RESULTS.md has the figures); an accepted request still
 # becomes a coupon within about a second under load.
 COUPON_DRAIN_EVERY_MS = env.int("COUPON_DRAIN_EVERY_MS", default=1000)
+
+# --- Notifications -----------------------------------------------------------------------
+# Web Push (VAPID, RFC 8292): base64url raw keys (the public one is the uncompressed P-256
+# point browsers take as `applicationServerKey`); the JWT `sub` is VAPID_SUBJECT.
+VAPID_PUBLIC_KEY = env.str("VAPID_PUBLIC_KEY", default="")
+VAPID_PRIVATE_KEY = env.str("VAPID_PRIVATE_KEY", default="")
+VAPID_SUBJECT = env.str("VAPID_SUBJECT", default="mailto:admin@example.com")
+# The push services a subscription's endpoint may point at: the server never posts to an
+# arbitrary host. An entry matches the host exactly (any port); one starting with a dot
+# also matches its subdomains. `https` only, except loopback hosts listed here.
+WEBPUSH_ALLOWED_HOSTS = env.list(
+    "WEBPUSH_ALLOWED_HOSTS",
+    default=[
+        "fcm.googleapis.com",
+        ".push.services.mozilla.com",
+        ".notify.windows.com",
+        ".push.apple.com",
+    ],
+)
 
 # --- Orders and payments -----------------------------------------------------------------
 PAYMENT_GATEWAY_URL = env.str("PAYMENT_GATEWAY_URL", default="http://127.0.0.1:8010")

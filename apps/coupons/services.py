@@ -29,6 +29,8 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from apps.core.errors import ErrorCode, SurgeError
+from apps.notifications import kinds
+from apps.notifications.services import Notice, notify_users
 from tasks.context import get_request_id
 from tasks.drain import Drain
 
@@ -348,16 +350,39 @@ WITH picked AS (
         now(), NULL, ''
     FROM picked
     ON CONFLICT (campaign_id, user_id) DO NOTHING
+    RETURNING id, user_id, code, discount_percent
+), marked AS (
+    UPDATE {CouponRequest._meta.db_table} AS r SET status = 'issued', issued_at = now()
+    FROM picked WHERE r.id = picked.id
+    RETURNING 1
 )
-UPDATE {CouponRequest._meta.db_table} AS r SET status = 'issued', issued_at = now()
-FROM picked WHERE r.id = picked.id
+SELECT (SELECT count(*) FROM marked), made.id, made.user_id, made.code, made.discount_percent
+FROM (SELECT 1) AS one LEFT JOIN made ON true
 """
 
 
 def _persist_batch(*, campaign_id: int, batch_size: int) -> int:
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(_PERSIST_SQL, {"campaign": campaign_id, "limit": batch_size})
-        return int(cursor.rowcount)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(_PERSIST_SQL, {"campaign": campaign_id, "limit": batch_size})
+            rows = cursor.fetchall()
+        # The owners hear of their coupons in the batch's transaction (one more statement
+        # per batch, not one per coupon); "coupon:<id>" makes a repeat notify nobody twice.
+        notify_users(
+            kind=kinds.COUPON_ISSUED,
+            notices=[
+                Notice(
+                    user_id=user_id,
+                    title=f"Your coupon {code}",
+                    body=f"{discount}% off your next order.",
+                    url="/coupons/",
+                    source_key=f"coupon:{coupon_id}",
+                )
+                for _, coupon_id, user_id, code, discount in rows
+                if coupon_id is not None
+            ],
+        )
+        return int(rows[0][0])
 
 
 def coupons_pending_campaigns() -> list[int]:

@@ -22,6 +22,8 @@ from django.utils import timezone
 from apps.core.errors import ErrorCode, SurgeError
 from apps.coupons import selectors as coupon_selectors
 from apps.coupons import services as coupon_services
+from apps.notifications import kinds
+from apps.notifications.services import notify_user
 from tasks.context import get_request_id
 from tasks.errors import IllegalTransition
 from tasks.saga import (
@@ -348,8 +350,32 @@ def order_paid_record(*, order_id: int, items: Iterable[Sequence[int]]) -> None:
             _execute(_CONSUME_SQL, [quantity, quantity, product_id])
 
 
+def _order_notify(*, order_id: int, kind: str, title: str, body: str, event: str) -> None:
+    """Tells the order's owner, in the transition's transaction; "order:<id>:<event>"
+    makes a repeated step notify once."""
+    user_id = Order.objects.filter(pk=order_id).values_list("user_id", flat=True).first()
+    if user_id is not None:
+        notify_user(
+            user_id=user_id,
+            kind=kind,
+            title=title,
+            body=body,
+            url=f"/orders/?order={order_id}",
+            source_key=f"order:{order_id}:{event}",
+        )
+
+
 def order_confirm(*, order_id: int) -> None:
-    order_transition(order_id=order_id, current=[OrderStatus.PAID], target=OrderStatus.CONFIRMED)
+    if order_transition(
+        order_id=order_id, current=[OrderStatus.PAID], target=OrderStatus.CONFIRMED
+    ):
+        _order_notify(
+            order_id=order_id,
+            kind=kinds.ORDER_CONFIRMED,
+            title=f"Order {order_id} confirmed",
+            body="Your payment went through and your order is confirmed.",
+            event="confirmed",
+        )
     # The confirmation email goes through the emails app's service once that app exists.
 
 
@@ -360,9 +386,17 @@ def order_follow_saga(*, order_id: int, saga_status: str, failure_reason: str) -
     if target is None:
         return
     reason = failure_reason or ("cancelled" if target == OrderStatus.CANCELLED else "")
-    order_transition(
+    moved = order_transition(
         order_id=order_id,
         current=[s for s, targets in ORDER_MACHINE.transitions.items() if target in targets],
         target=target,
         failure_reason=reason[:64],
     )
+    if moved and target == OrderStatus.FAILED:
+        _order_notify(
+            order_id=order_id,
+            kind=kinds.ORDER_FAILED,
+            title=f"Order {order_id} failed",
+            body=f"Your order could not be completed ({reason or 'failed'}).",
+            event="failed",
+        )

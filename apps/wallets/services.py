@@ -17,9 +17,12 @@ from django.db import transaction
 from django.db.models import F
 
 from apps.core.errors import ErrorCode, SurgeError
+from apps.notifications import kinds
+from apps.notifications.services import notify_user
 from tasks.base import queue_time_limits
 from tasks.context import get_request_id
 from tasks.drain import Drain
+from tasks.models.ordering import CommandStatus
 from tasks.ordering import (
     ApplyOutcome,
     ApplyReport,
@@ -194,7 +197,7 @@ def _drain_pass(failed: set[int]) -> int:
             reports = apply_pending_keys(
                 key_model=Wallet,
                 command_model=WalletTransaction,
-                apply=transaction_decide,
+                apply=_decide_and_notify,
                 max_keys=DRAIN_MAX_WALLETS,
                 batch_size=APPLY_BATCH_SIZE,
                 command_fields=["balance_after"],
@@ -288,6 +291,26 @@ def transaction_decide(wallet: Wallet, command: WalletTransaction) -> ApplyOutco
     return ApplyOutcome.applied()
 
 
+def _decide_and_notify(wallet: Wallet, command: WalletTransaction) -> ApplyOutcome:
+    """`transaction_decide`, as the appliers call it inside their transaction: a rejected
+    withdrawal also notifies the owner there, so the notice commits with the decision
+    (or neither does); "wallet-transaction:<id>:rejected" keeps it to one."""
+    outcome = transaction_decide(wallet, command)
+    if (
+        outcome.status == CommandStatus.REJECTED
+        and command.kind == WalletTransaction.Kind.WITHDRAWAL
+    ):
+        notify_user(
+            user_id=wallet.owner_id,
+            kind=kinds.WALLET_WITHDRAWAL_REJECTED,
+            title="Withdrawal rejected",
+            body=f"Your withdrawal of {command.amount} was rejected ({outcome.reason}).",
+            url=f"/wallets/?wallet={wallet.pk}",
+            source_key=f"wallet-transaction:{command.pk}:rejected",
+        )
+    return outcome
+
+
 def transactions_apply(*, wallet_id: int) -> ApplyReport:
     """Decide the wallet's pending transactions strictly in `seq` order (one batch).
 
@@ -299,7 +322,7 @@ def transactions_apply(*, wallet_id: int) -> ApplyReport:
     owner_ids: list[int] = []
 
     def decide(wallet: Wallet, command: WalletTransaction) -> ApplyOutcome:
-        outcome = transaction_decide(wallet, command)
+        outcome = _decide_and_notify(wallet, command)
         if not owner_ids:
             owner_ids.append(wallet.owner_id)
         assert command.balance_after is not None
