@@ -167,8 +167,10 @@
     return base.origin + base.pathname.replace(/\/$/, "") + path;
   }
 
-  // Close codes the server uses to refuse (not logged in, not allowed, no such room):
-  // reconnecting would be refused again, so the helper stops and says why.
+  // Close codes a consumer uses, after accepting, to refuse (not logged in, not allowed,
+  // no such room): reconnecting would be refused again, so the helper stops and says why.
+  // (A consumer that refuses before accepting fails the handshake: the browser only sees
+  // 1006, and the helper keeps retrying with its backoff.)
   const REFUSED = { 4401: "not logged in", 4403: "not allowed", 4404: "not found" };
 
   // live(path, {onMessage, resume, onStatus, minDelay, maxDelay}) -> {send, close, socket}
@@ -232,8 +234,18 @@
         connect();
       }
     });
-    // Leaving the page closes the socket; that is not a failure to reconnect from.
-    window.addEventListener("pagehide", () => { stopped = true; });
+    // Leaving the page closes the socket; that is not a failure to reconnect from. A page
+    // restored from the back/forward cache connects (and resumes) again.
+    let hidden = false;
+    window.addEventListener("pagehide", () => {
+      if (!stopped) hidden = stopped = true;
+    });
+    window.addEventListener("pageshow", (event) => {
+      if (event.persisted && hidden) {
+        hidden = stopped = false;
+        if (!socket) connect();
+      }
+    });
 
     connect();
     return {
