@@ -152,16 +152,17 @@ class PageGuard:
             raise AssertionError("the page went wrong:\n  " + "\n  ".join(found))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(live_env: dict[str, str]) -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.skip(NOT_RUN)
     from playwright.sync_api import sync_playwright
 
-    # Playwright's sync API keeps its event loop registered as running in this thread, and
-    # Django then refuses the ORM here (the test database's setup and flush). Nothing in
-    # this process is async, so allow it here only; `live_env` (a copy taken before, as
-    # this fixture depends on it) keeps the started processes from inheriting it.
+    # Playwright's sync API keeps its event loop registered as running in this thread while
+    # it lives: Django then refuses the ORM here (the test database's flush) and asgiref's
+    # async_to_sync refuses to run (call it in another thread in a browser test). So the
+    # browser lives for this package only, and the ORM is allowed meanwhile; `live_env` (a
+    # copy taken before: this fixture depends on it) keeps the processes from inheriting it.
     unsafe = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     playwright = sync_playwright().start()

@@ -96,8 +96,10 @@ def test_live_socket_reconnects_and_resends_its_resume_frame(
     # While the ws process is down, Chromium logs each refused reconnect.
     page_guard.expect_console(r"^WebSocket connection to .* failed")
     live_ws.stop()
-    expect(page.locator("#surge-status")).to_contain_text("retrying in")
-    live_ws.start()
+    try:
+        expect(page.locator("#surge-status")).to_contain_text("retrying in")
+    finally:
+        live_ws.start()  # the later tests of the session share this process
     expect(check).to_have_attribute("data-echo", re.compile(r"connect-[2-9]"), timeout=20_000)
     expect(page.locator("#surge-status")).to_have_text("Live: connected.")
 
