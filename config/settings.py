@@ -160,7 +160,8 @@ AUTH_PASSWORD_VALIDATORS = (
 # How long a web process may serve a token from its own memory before asking the database
 # again: the upper bound on how late a revoked token is still accepted by another process.
 AUTH_TOKEN_CACHE_SECONDS = env.float("AUTH_TOKEN_CACHE_SECONDS", default=5.0)
-LOGIN_URL = "/admin/login/"
+# The people's pages log in here (apps/accounts/page_urls.py); the admin keeps its own.
+LOGIN_URL = "/accounts/login/"
 
 # --- API ---------------------------------------------------------------------------------
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=1_048_576)
@@ -247,6 +248,7 @@ CSRF_TRUSTED_ORIGINS = env.list(
 # --- Static files, i18n ------------------------------------------------------------------
 STATIC_URL = "/static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]  # the pages' shared CSS and JS (templates/base.html)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
