@@ -78,6 +78,9 @@ def render(*, template: Any, context: Any) -> Rendered:
         text_template = loader.get_template(f"emails/{template}.txt")
     except TemplateDoesNotExist:
         raise _invalid("template", "Unknown template.") from None
+    # A syntax error surfaces on loading: one of the failures below.
+    except Exception as exc:  # noqa: BLE001
+        raise _invalid("template", f"The template failed to render: {exc}") from None
     try:
         text = text_template.render(context).strip() + "\n"
         html = _render_optional(f"emails/{template}.html", context)
