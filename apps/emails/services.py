@@ -14,10 +14,12 @@ out under a dead worker).
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -32,12 +34,16 @@ from .models import Email, EmailStatus, Priority, Suppression
 
 __all__ = [
     "DRAINS",
+    "email_order_confirmation",
     "email_queue",
     "email_resend",
+    "email_welcome",
     "emails_drain",
     "emails_sweep",
     "suppression_add",
 ]
+
+logger = logging.getLogger(__name__)
 
 S = EmailStatus
 # The Celery queue of each priority's drain (config/celery.py's queues).
@@ -130,6 +136,49 @@ def email_queue(
         if email.status == S.QUEUED:
             DRAINS[priority].wake()
     return email
+
+
+def _transactional(*, to: str, template: str, context: dict[str, Any]) -> Email | None:
+    """A mail another app's write asks for, in its transaction: a bad address (say, one
+    stored before addresses were checked) costs the mail, never the caller's write."""
+    if not to:
+        return None
+    try:
+        return email_queue(to=to, template=template, context=context, priority=Priority.HIGH)
+    except SurgeError as exc:
+        logger.warning("%s mail to %r not queued: %s", template, to, exc.fields)
+        return None
+
+
+def email_welcome(*, user_id: int) -> Email | None:
+    """Registration's welcome mail (`high`), when the user gave an address."""
+    user = get_user_model().objects.filter(pk=user_id).values("email", "username").first()
+    if user is None:
+        return None
+    return _transactional(
+        to=user["email"], template="welcome", context={"username": user["username"]}
+    )
+
+
+def email_order_confirmation(*, order_id: int) -> Email | None:
+    """The order confirmation (`high`), called by the orders app at `paid -> confirmed`,
+    in that transition's transaction (so the mail exists exactly when the order is
+    confirmed). Reads only the order's owner and total."""
+    from apps.orders.models import Order  # the orders app imports this module
+
+    order = Order.objects.filter(pk=order_id).values("total", "user__email", "user__username")
+    row = order.first()
+    if row is None:
+        return None
+    return _transactional(
+        to=row["user__email"],
+        template="order_confirmation",
+        context={
+            "order_id": order_id,
+            "total": str(row["total"]),
+            "username": row["user__username"],
+        },
+    )
 
 
 def email_resend(*, email_id: int) -> Email | None:
