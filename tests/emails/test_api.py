@@ -108,3 +108,21 @@ def test_a_bad_stored_address_costs_the_mail_not_the_callers_write(django_user_m
     user = django_user_model.objects.create_user("fay", password="pw", email="not an address")
     assert services.email_welcome(user_id=user.pk) is None
     assert not Email.objects.exists()
+
+
+def test_the_admin_lists_filters_and_resends(django_user_model: Any, client: Any) -> None:
+    client.force_login(django_user_model.objects.create_superuser("root", password="pw"))
+    email = services.email_queue(
+        to="g@example.com", template="generic", context={"subject": "S", "body": "B"}
+    )
+    listing = client.get("/admin/emails/email/?status__exact=queued")
+    assert listing.status_code == 200 and b"g@example.com" in listing.content
+    response = client.post(
+        "/admin/emails/email/", {"action": "resend", "_selected_action": [email.pk]}
+    )
+    assert response.status_code == 302
+    copy = Email.objects.exclude(pk=email.pk).get()
+    assert (copy.to, copy.text, copy.status) == (email.to, email.text, "queued")
+    assert copy.message_id != email.message_id  # a new message, not a repeat
+    assert client.get("/admin/emails/suppression/").status_code == 200
+    assert client.get("/admin/emails/campaign/").status_code == 200
