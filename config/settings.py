@@ -328,10 +328,18 @@ COUPON_DRAIN_EVERY_MS = env.int("COUPON_DRAIN_EVERY_MS", default=1000)
 
 # --- Notifications -----------------------------------------------------------------------
 # Web Push (VAPID, RFC 8292): base64url raw keys (the public one is the uncompressed P-256
-# point browsers take as `applicationServerKey`); the JWT `sub` is VAPID_SUBJECT.
-VAPID_PUBLIC_KEY = env.str("VAPID_PUBLIC_KEY", default="")
-VAPID_PRIVATE_KEY = env.str("VAPID_PRIVATE_KEY", default="")
-VAPID_SUBJECT = env.str("VAPID_SUBJECT", default="mailto:admin@example.com")
+# point browsers take as `applicationServerKey`); the JWT `sub` is VAPID_SUBJECT. None set:
+# in development one pair generated once and kept in .run/ (a new pair would invalidate
+# every browser subscription); with DJANGO_DEBUG=false, empty keys or subject refuse to start.
+from apps.notifications.webpush.keys import vapid_settings  # noqa: E402
+
+VAPID_PUBLIC_KEY, VAPID_PRIVATE_KEY, VAPID_SUBJECT = vapid_settings(
+    public_key=env.str("VAPID_PUBLIC_KEY", default=""),
+    private_key=env.str("VAPID_PRIVATE_KEY", default=""),
+    subject=env.str("VAPID_SUBJECT", default=""),
+    debug=DEBUG,
+    run_dir=BASE_DIR / ".run",
+)
 # The push services a subscription's endpoint may point at: the server never posts to an
 # arbitrary host. An entry matches the host exactly (any port); one starting with a dot
 # also matches its subdomains. `https` only, except loopback hosts listed here.
