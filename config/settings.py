@@ -353,6 +353,20 @@ WEBPUSH_ALLOWED_HOSTS = env.list(
     ],
 )
 
+# Web Push delivery (apps/notifications/services/deliveries.py): a pass claims this many
+# due deliveries and sends them on this many threads, outside any transaction. A claimed
+# delivery whose outcome was never recorded (its worker died mid-send) is looked at again
+# after WEBPUSH_LEASE_S, longer than a batch can take (BATCH / CONCURRENCY rounds of at most
+# ~13 s each), and then ends failed, not sent again: at most one push per subscription.
+WEBPUSH_BATCH_SIZE = env.int("WEBPUSH_BATCH_SIZE", default=100)
+WEBPUSH_SEND_CONCURRENCY = env.int("WEBPUSH_SEND_CONCURRENCY", default=16)
+WEBPUSH_LEASE_S = env.float("WEBPUSH_LEASE_S", default=120.0)
+# 429/5xx/no answer: attempt n waits min(MAX, BASE * 2**(n-1)) s with jitter, and never less
+# than the push service's Retry-After (itself clamped to MAX); after MAX_ATTEMPTS: failed.
+WEBPUSH_MAX_ATTEMPTS = env.int("WEBPUSH_MAX_ATTEMPTS", default=5)
+WEBPUSH_RETRY_BASE_S = env.float("WEBPUSH_RETRY_BASE_S", default=5.0)
+WEBPUSH_RETRY_MAX_S = env.float("WEBPUSH_RETRY_MAX_S", default=600.0)
+
 # --- Orders and payments -----------------------------------------------------------------
 PAYMENT_GATEWAY_URL = env.str("PAYMENT_GATEWAY_URL", default="http://127.0.0.1:8010")
 PAYMENT_GATEWAY_TIMEOUT_S = env.float("PAYMENT_GATEWAY_TIMEOUT_S", default=2.0)

@@ -18,7 +18,13 @@ from .broadcasts import (
     broadcast_create,
     broadcast_fanout_batch,
 )
-from .deliveries import webpush_deliveries_create
+from .deliveries import (
+    WEBPUSH_DELIVER_TASK,
+    webpush_deliver_batch,
+    webpush_deliveries_created,
+    webpush_drain,
+    webpush_drain_sweep,
+)
 from .inbox import (
     Notice,
     notification_event,
@@ -37,6 +43,7 @@ __all__ = [
     "BROADCAST_BATCH_SIZE",
     "BROADCAST_FANOUT_TASK",
     "BROADCAST_MACHINE",
+    "WEBPUSH_DELIVER_TASK",
     "Notice",
     "broadcast_create",
     "broadcast_fanout_batch",
@@ -51,7 +58,10 @@ __all__ = [
     "topic_subscribe",
     "topic_unsubscribe",
     "user_group",
-    "webpush_deliveries_create",
+    "webpush_deliver_batch",
+    "webpush_deliveries_created",
+    "webpush_drain",
+    "webpush_drain_sweep",
     "webpush_subscription_register",
     "webpush_subscription_unregister",
 ]

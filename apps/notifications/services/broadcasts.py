@@ -12,13 +12,13 @@ from django.utils import timezone
 from apps.core.errors import ErrorCode, SurgeError
 from tasks.context import get_request_id
 from tasks.outbox import outbox_enqueue
-from tasks.statemachine import StateMachine
 
 from .. import kinds as kinds_mod
 from ..models import Broadcast, Notification, Topic, TopicSubscription
 from ..validation import invalid
-from .deliveries import webpush_deliveries_create
+from .deliveries import deliveries_insert_sql, push_params, webpush_deliveries_created
 from .inbox import notifications_announce
+from .states import BROADCAST_MACHINE
 
 __all__ = [
     "BROADCAST_BATCH_SIZE",
@@ -36,13 +36,6 @@ BROADCAST_QUEUE = "bulk"
 # enough that a batch never holds the broadcast's row lock for long.
 BROADCAST_BATCH_SIZE = 1000
 
-BROADCAST_MACHINE = StateMachine(
-    "broadcast",
-    {
-        Broadcast.Status.QUEUED: {Broadcast.Status.SENDING, Broadcast.Status.DONE},
-        Broadcast.Status.SENDING: {Broadcast.Status.DONE},
-    },
-)
 
 _NOTIFICATION_TABLE = Notification._meta.db_table
 _SUBSCRIPTION_TABLE = TopicSubscription._meta.db_table
@@ -84,7 +77,8 @@ def _enqueue_fanout(broadcast_id: int, *, after_user_id: int) -> None:
 
 
 # One keyset batch of the topic's subscribers, their inbox rows in the same statement; the
-# partial unique index on (broadcast, user) makes a repeated batch insert nothing.
+# partial unique index on (broadcast, user) makes a repeated batch insert nothing. Their Web
+# Push deliveries too (as the subscribers' preferences allow).
 _FANOUT_SQL = f"""
 WITH picked AS (
     SELECT user_id FROM {_SUBSCRIPTION_TABLE}
@@ -97,8 +91,9 @@ WITH picked AS (
     FROM picked
     ON CONFLICT (broadcast_id, user_id) WHERE broadcast_id IS NOT NULL DO NOTHING
     RETURNING id, user_id, created_at
-)
-SELECT stats.picked, stats.last_user_id, made.id, made.user_id, made.created_at
+), pushes AS ({deliveries_insert_sql(rows="made", broadcast="%(broadcast)s")})
+SELECT stats.picked, stats.last_user_id, made.id, made.user_id, made.created_at,
+       (SELECT count(*) FROM pushes)
 FROM (SELECT count(*) AS picked, max(user_id) AS last_user_id FROM picked) AS stats
 LEFT JOIN made ON true
 """
@@ -106,8 +101,9 @@ LEFT JOIN made ON true
 
 def broadcast_fanout_batch(*, broadcast_id: int, batch_size: int | None = None) -> int:
     """Writes the inbox rows of the broadcast's next batch of subscribers (by user id,
-    after `last_user_id`), counts them in `recipients`, and enqueues the next batch in the
-    same transaction, or moves the broadcast to `done` after the last one.
+    after `last_user_id`) and their Web Push deliveries, counts both (`recipients`,
+    `deliveries`), and enqueues the next batch in the same transaction; after the last one
+    the broadcast is fanned out, and `done` once its deliveries have all ended.
 
     Safe to run twice and concurrently: the broadcast's row lock serialises batches, the
     unique (broadcast, user) index refuses a second row, and the successor's outbox key
@@ -116,8 +112,8 @@ def broadcast_fanout_batch(*, broadcast_id: int, batch_size: int | None = None) 
     limit = batch_size or BROADCAST_BATCH_SIZE
     with transaction.atomic():
         broadcast = Broadcast.objects.select_for_update().filter(pk=broadcast_id).first()
-        if broadcast is None or broadcast.status == Broadcast.Status.DONE:
-            return 0
+        if broadcast is None or broadcast.fanned_out_at is not None:
+            return 0  # gone, or its last batch ran already (a redelivered message)
         with connection.cursor() as cursor:
             cursor.execute(
                 _FANOUT_SQL,
@@ -131,10 +127,12 @@ def broadcast_fanout_batch(*, broadcast_id: int, batch_size: int | None = None) 
                     "url": broadcast.url,
                     "request_id": broadcast.request_id,
                     "broadcast": broadcast.pk,
+                    "critical": kinds_mod.is_critical(kinds_mod.BROADCAST),
+                    **push_params(),
                 },
             )
             rows = cursor.fetchall()
-        picked, last_user_id = rows[0][0], rows[0][1]
+        picked, last_user_id, created = rows[0][0], rows[0][1], int(rows[0][5])
         made = [
             Notification(
                 id=row[2],
@@ -150,20 +148,36 @@ def broadcast_fanout_batch(*, broadcast_id: int, batch_size: int | None = None) 
             for row in rows
             if row[2] is not None
         ]
-        fields: dict[str, Any] = {"recipients": broadcast.recipients + len(made)}
+        webpush_deliveries_created(count=created)
+        fields: dict[str, Any] = {
+            "recipients": broadcast.recipients + len(made),
+            "deliveries": broadcast.deliveries + created,
+        }
         if last_user_id is not None:
             fields["last_user_id"] = last_user_id
         if picked < limit:
-            fields["finished_at"] = timezone.now()
-            BROADCAST_MACHINE.move(broadcast, Broadcast.Status.DONE, fields=fields)
-        else:
-            if broadcast.status == Broadcast.Status.QUEUED:
-                BROADCAST_MACHINE.move(broadcast, Broadcast.Status.SENDING, fields=fields)
+            # The inbox is written. `done` waits for the pushes: the delivery pass that
+            # ends the last of them moves it (under this same row lock, so one of the two
+            # sees the other's counts). None to wait for: done now.
+            now = timezone.now()
+            fields["fanned_out_at"] = now
+            ended = broadcast.delivered + broadcast.failed + broadcast.gone
+            if ended >= fields["deliveries"]:
+                fields["finished_at"] = now
+                BROADCAST_MACHINE.move(broadcast, Broadcast.Status.DONE, fields=fields)
             else:
-                for name, value in fields.items():
-                    setattr(broadcast, name, value)
-                broadcast.save(update_fields=list(fields))
+                _save_progress(broadcast, fields)
+        else:
+            _save_progress(broadcast, fields)
             _enqueue_fanout(broadcast.pk, after_user_id=int(last_user_id))
         notifications_announce(made)
-        webpush_deliveries_create(kind=kinds_mod.BROADCAST, notification_ids=[n.pk for n in made])
     return len(made)
+
+
+def _save_progress(broadcast: Broadcast, fields: dict[str, Any]) -> None:
+    if broadcast.status == Broadcast.Status.QUEUED:
+        BROADCAST_MACHINE.move(broadcast, Broadcast.Status.SENDING, fields=fields)
+        return
+    for name, value in fields.items():
+        setattr(broadcast, name, value)
+    broadcast.save(update_fields=list(fields))

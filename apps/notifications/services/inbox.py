@@ -28,7 +28,7 @@ from tasks.live import LiveEvent, live_events_send
 from .. import kinds as kinds_mod
 from .. import presence
 from ..models import Notification, NotificationPreference
-from .deliveries import webpush_deliveries_create
+from .deliveries import deliveries_insert_sql, push_params, webpush_deliveries_created
 
 __all__ = [
     "Notice",
@@ -69,17 +69,21 @@ class Notice:
 
 # One statement for any number of notices: the preference of each user for the kind is
 # joined in (no row: the default), and the partial unique index on (user, source_key)
-# makes a repeated notice a no-op. RETURNING gives what the live events carry.
+# makes a repeated notice a no-op. RETURNING gives what the live events carry. The Web
+# Push deliveries of the new rows are written by the same statement.
 _NOTIFY_SQL = f"""
-INSERT INTO {_NOTIFICATION_TABLE}
-    (user_id, kind, title, body, url, request_id, source_key)
-SELECT n.user_id, %(kind)s, n.title, n.body, n.url, %(request_id)s, n.source_key
-FROM unnest(%(users)s::bigint[], %(titles)s::text[], %(bodies)s::text[], %(urls)s::text[],
-            %(keys)s::text[]) AS n(user_id, title, body, url, source_key)
-LEFT JOIN {_PREFERENCE_TABLE} AS p ON p.user_id = n.user_id AND p.kind = %(kind)s
-WHERE %(critical)s OR coalesce(p.in_app, %(default_in_app)s)
-ON CONFLICT (user_id, source_key) WHERE source_key <> '' DO NOTHING
-RETURNING id, user_id, title, body, url, created_at
+WITH made AS (
+    INSERT INTO {_NOTIFICATION_TABLE}
+        (user_id, kind, title, body, url, request_id, source_key)
+    SELECT n.user_id, %(kind)s, n.title, n.body, n.url, %(request_id)s, n.source_key
+    FROM unnest(%(users)s::bigint[], %(titles)s::text[], %(bodies)s::text[],
+                %(urls)s::text[], %(keys)s::text[]) AS n(user_id, title, body, url, source_key)
+    LEFT JOIN {_PREFERENCE_TABLE} AS p ON p.user_id = n.user_id AND p.kind = %(kind)s
+    WHERE %(critical)s OR coalesce(p.in_app, %(default_in_app)s)
+    ON CONFLICT (user_id, source_key) WHERE source_key <> '' DO NOTHING
+    RETURNING id, user_id, title, body, url, created_at
+), pushes AS ({deliveries_insert_sql(rows="made")})
+SELECT made.*, (SELECT count(*) FROM pushes) FROM made
 """
 
 
@@ -124,6 +128,7 @@ def notify_users(*, kind: str, notices: Sequence[Notice]) -> list[Notification]:
                 "keys": [n.source_key[:200] for n in notices],
                 "critical": kinds_mod.is_critical(kind),
                 "default_in_app": kinds_mod.DEFAULT_CHANNELS["in_app"],
+                **push_params(),
             },
         )
         rows = cursor.fetchall()
@@ -141,7 +146,7 @@ def notify_users(*, kind: str, notices: Sequence[Notice]) -> list[Notification]:
             for row in sorted(rows)
         ]
         notifications_announce(made)
-        webpush_deliveries_create(kind=kind, notification_ids=[n.pk for n in made])
+        webpush_deliveries_created(count=rows[0][6] if rows else 0)
     return made
 
 
