@@ -179,9 +179,7 @@ def test_a_worker_sigkilled_mid_broadcast_leaves_one_row_per_user_and_at_most_on
     push_workers: Any, push_service: PushService, vapid_keys: Any, django_user_model: Any
 ) -> None:
     n = 1000
-    _, users, _ = _subscribers(
-        django_user_model, push_service, vapid_keys, [(Answer(201),)] * n
-    )
+    _, users, _ = _subscribers(django_user_model, push_service, vapid_keys, [(Answer(201),)] * n)
     (worker,) = push_workers(1)
     broadcast = services.broadcast_create(topic_slug="news", title="Kill", created_by_id=None)
     deadline = time.monotonic() + 30
