@@ -88,6 +88,12 @@ app.conf.update(
             "schedule": 2.0,
             "options": {"queue": "high", "expires": 10},
         },
+        # Web Push deliveries due (a retry, a lost wake, a dead worker's lapsed claim).
+        "notifications-webpush-sweep": {
+            "task": "notifications.webpush_sweep",
+            "schedule": 2.0,
+            "options": {"queue": "high", "expires": 10},
+        },
         # Mails due (a lost wake, a retry whose backoff passed, a dead worker's lease).
         "emails-sweep": {
             "task": "emails.sweep",

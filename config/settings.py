@@ -331,10 +331,18 @@ COUPON_DRAIN_EVERY_MS = env.int("COUPON_DRAIN_EVERY_MS", default=1000)
 
 # --- Notifications -----------------------------------------------------------------------
 # Web Push (VAPID, RFC 8292): base64url raw keys (the public one is the uncompressed P-256
-# point browsers take as `applicationServerKey`); the JWT `sub` is VAPID_SUBJECT.
-VAPID_PUBLIC_KEY = env.str("VAPID_PUBLIC_KEY", default="")
-VAPID_PRIVATE_KEY = env.str("VAPID_PRIVATE_KEY", default="")
-VAPID_SUBJECT = env.str("VAPID_SUBJECT", default="mailto:admin@example.com")
+# point browsers take as `applicationServerKey`); the JWT `sub` is VAPID_SUBJECT. None set:
+# in development one pair generated once and kept in .run/ (a new pair would invalidate
+# every browser subscription); with DJANGO_DEBUG=false, empty keys or subject refuse to start.
+from apps.notifications.webpush.keys import vapid_settings  # noqa: E402
+
+VAPID_PUBLIC_KEY, VAPID_PRIVATE_KEY, VAPID_SUBJECT = vapid_settings(
+    public_key=env.str("VAPID_PUBLIC_KEY", default=""),
+    private_key=env.str("VAPID_PRIVATE_KEY", default=""),
+    subject=env.str("VAPID_SUBJECT", default=""),
+    debug=DEBUG,
+    run_dir=BASE_DIR / ".run",
+)
 # The push services a subscription's endpoint may point at: the server never posts to an
 # arbitrary host. An entry matches the host exactly (any port); one starting with a dot
 # also matches its subdomains. `https` only, except loopback hosts listed here.
@@ -347,6 +355,20 @@ WEBPUSH_ALLOWED_HOSTS = env.list(
         ".push.apple.com",
     ],
 )
+
+# Web Push delivery (apps/notifications/services/deliveries.py): a pass claims this many
+# due deliveries and sends them on this many threads, outside any transaction. A claimed
+# delivery whose outcome was never recorded (its worker died mid-send) is looked at again
+# after WEBPUSH_LEASE_S, longer than a batch can take (BATCH / CONCURRENCY rounds of at most
+# ~13 s each), and then ends failed, not sent again: at most one push per subscription.
+WEBPUSH_BATCH_SIZE = env.int("WEBPUSH_BATCH_SIZE", default=100)
+WEBPUSH_SEND_CONCURRENCY = env.int("WEBPUSH_SEND_CONCURRENCY", default=16)
+WEBPUSH_LEASE_S = env.float("WEBPUSH_LEASE_S", default=120.0)
+# 429/5xx/no answer: attempt n waits min(MAX, BASE * 2**(n-1)) s with jitter, and never less
+# than the push service's Retry-After (itself clamped to MAX); after MAX_ATTEMPTS: failed.
+WEBPUSH_MAX_ATTEMPTS = env.int("WEBPUSH_MAX_ATTEMPTS", default=5)
+WEBPUSH_RETRY_BASE_S = env.float("WEBPUSH_RETRY_BASE_S", default=5.0)
+WEBPUSH_RETRY_MAX_S = env.float("WEBPUSH_RETRY_MAX_S", default=600.0)
 
 # --- Emails ------------------------------------------------------------------------------
 # The SMTP server every mail goes through (apps/emails/sending.py, one connection per batch).

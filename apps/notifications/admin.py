@@ -16,6 +16,7 @@ from .models import (
     NotificationPreference,
     Topic,
     TopicSubscription,
+    WebPushDelivery,
     WebPushSubscription,
 )
 
@@ -105,17 +106,47 @@ class BroadcastAdmin(admin.ModelAdmin):
         "title",
         "status",
         "recipients",
+        "deliveries",
         "delivered",
         "failed",
+        "gone",
         "created_by",
         "created_at",
         "finished_at",
     )
     list_select_related = ("topic", "created_by")
     list_filter = ("status",)
-    # Progress is written by the fan-out only; a broadcast starts from the API or the
-    # topics' admin action (which enqueue its first batch).
+    # Progress is written by the fan-out and the Web Push delivery only; a broadcast starts
+    # from the API or the topics' admin action (which enqueue its first batch).
     readonly_fields = [field.name for field in Broadcast._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(WebPushDelivery)
+class WebPushDeliveryAdmin(admin.ModelAdmin):
+    """Read-only: a delivery's state is the drain's (claim, send, record)."""
+
+    list_display = (
+        "id",
+        "notification",
+        "subscription",
+        "broadcast",
+        "status",
+        "attempts",
+        "last_status_code",
+        "next_attempt_at",
+        "finished_at",
+    )
+    list_filter = ("status",)
+    list_select_related = ("notification", "subscription")
+    search_fields = ("=notification__id", "=broadcast__id", "=subscription__id")
+    raw_id_fields = ("notification", "subscription", "broadcast")
+    readonly_fields = [field.name for field in WebPushDelivery._meta.fields]
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

@@ -91,12 +91,17 @@ class Broadcast(models.Model):
     body = models.TextField(blank=True)
     url = models.CharField(max_length=500, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
-    # Inbox rows written (users); Web Push deliveries that succeeded / failed for good
-    # (subscriptions; counted by the Web Push delivery).
+    # Inbox rows written (users). Web Push deliveries (subscriptions): created with the
+    # inbox rows, and how they ended: delivered, failed for good, or gone (the subscription
+    # expired). `done` needs the fan-out finished (`fanned_out_at`) and every delivery
+    # ended: delivered + failed + gone == deliveries.
     recipients = models.PositiveIntegerField(default=0)
+    deliveries = models.PositiveIntegerField(default=0)
     delivered = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0)
+    gone = models.PositiveIntegerField(default=0)
     last_user_id = models.BigIntegerField(default=0)
+    fanned_out_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
@@ -180,3 +185,67 @@ class WebPushSubscription(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id}: {self.endpoint[:60]}"
+
+
+class WebPushDelivery(models.Model):
+    """One inbox row to push to one subscription: the durable record of the work (the
+    webpush drain claims pending rows in batches, sends outside any transaction, records
+    the outcome). Unique per (notification, subscription): a retried fan-out batch creates
+    nothing twice.
+
+    `claimed_until` is set while a worker holds the row (between the claim's commit and the
+    outcome's): a row claimed and never recorded (its worker died) is looked at again only
+    after it; `next_attempt_at` is when it is due (now, a backoff, or the claim's end).
+    The subscription goes NULL when it is deleted: a delivery still pending then ends gone.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+        GONE = "gone"
+
+    notification = models.ForeignKey(
+        Notification,
+        on_delete=models.CASCADE,
+        related_name="webpush_deliveries",
+        db_index=False,  # the unique (notification, subscription) index starts with it
+    )
+    subscription = models.ForeignKey(
+        WebPushSubscription,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="deliveries",
+    )
+    # The notification's broadcast, copied so outcomes are counted per broadcast without a
+    # join; NULL for a notify_user notification.
+    broadcast = models.ForeignKey(
+        Broadcast, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(db_default=Now())
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(db_default=Now())
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["notification", "subscription"], name="webpush_delivery_once"
+            )
+        ]
+        indexes = [
+            # The claim: due pending rows, oldest first; only pending rows are in it.
+            models.Index(
+                fields=["next_attempt_at", "id"],
+                condition=Q(status="pending"),
+                name="webpush_delivery_due",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"push of {self.notification_id} to {self.subscription_id} ({self.status})"

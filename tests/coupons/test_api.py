@@ -14,6 +14,7 @@ from rest_framework.test import APIClient
 
 from apps.coupons import gate, services
 from apps.coupons.models import Campaign, Coupon, CouponRequest
+from apps.coupons.services import issue
 from apps.coupons.tasks import reconcile
 
 pytestmark = pytest.mark.django_db
@@ -217,7 +218,7 @@ def test_acceptance_from_a_replaced_gate_is_not_recorded(staff: APIClient, make_
     )
     assert stale.kind == "accepted"
     services.gate_rebuild(campaign_id=campaign["id"])  # Redis lost it; rebuilt with a new epoch
-    assert not services._record(
+    assert not issue._record(
         campaign_id=campaign["id"], user_id=user.user.pk, epoch=stale.epoch, request_id=""
     )
     assert CouponRequest.objects.count() == 0

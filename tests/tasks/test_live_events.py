@@ -1,5 +1,6 @@
-"""`live_event_send` against the real channels_redis layer (the session's private Redis):
-an event reaches the group's channels after the commit, never after a rollback."""
+"""`live_event_send` and its bulk form `live_events_send` against the real channels_redis
+layer (the session's private Redis): events reach the group's channels after the commit,
+never after a rollback, each group's in order, and a failure never reaches the caller."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.test import override_settings
 
-from tasks.live import live_event_send
+from tasks.live import LiveEvent, live_event_send, live_events_send
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -81,3 +82,88 @@ def test_a_failed_send_never_raises_into_the_caller(caplog: Any) -> None:
 def test_an_event_without_a_type_is_refused_at_once() -> None:
     with pytest.raises(ValueError):
         live_event_send(group="live-test", event={"seq": 1})
+
+
+# --- live_events_send -----------------------------------------------------------------------
+
+
+def _drain(channel: str, timeout: float = 0.5) -> list[dict[str, Any]]:
+    """Everything in the channel until it stays quiet for `timeout`."""
+    received = []
+    while (message := _receive(channel, timeout)) is not None:
+        received.append(message)
+    return received
+
+
+def test_bulk_events_arrive_after_the_commit_each_group_in_order() -> None:
+    members = [_member() for _ in range(30)]
+    events = [(group, {"type": "x.event", "n": n}) for n in range(5) for group, _ in members]
+    with transaction.atomic():
+        # A concurrency below the number of groups: groups wait their turn, order holds.
+        live_events_send(events, concurrency=4)
+        assert _receive(members[0][1], 0.3) is None, "sent before the commit"
+    for _, channel in members:
+        assert [m["n"] for m in _drain(channel)] == [0, 1, 2, 3, 4]
+
+
+def test_bulk_nothing_is_sent_on_rollback() -> None:
+    group, channel = _member()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        live_events_send([(group, {"type": "x.event", "n": 1})])
+        raise RuntimeError("the write fails")
+    assert _receive(channel, 1) is None
+
+
+def test_bulk_outside_a_transaction_sends_at_once() -> None:
+    group, channel = _member()
+    live_events_send([(group, {"type": "x.event", "n": 1})])
+    assert _receive(channel, 5) == {"type": "x.event", "n": 1}
+
+
+def test_select_is_asked_after_the_commit_and_filters() -> None:
+    (kept, kept_channel), (dropped, dropped_channel) = _member(), _member()
+    asked: list[tuple[bool, list[str]]] = []
+
+    def select(events: list[LiveEvent]) -> list[LiveEvent]:
+        from django.db import connection
+
+        asked.append((connection.in_atomic_block, [group for group, _ in events]))
+        return [(group, event) for group, event in events if group == kept]
+
+    with transaction.atomic():
+        live_events_send(
+            [(kept, {"type": "x.event"}), (dropped, {"type": "x.event"})], select=select
+        )
+        assert asked == []
+    assert asked == [(False, [kept, dropped])]
+    assert _receive(kept_channel, 5) == {"type": "x.event"}
+    assert _receive(dropped_channel, 0.5) is None
+
+
+def test_a_failing_select_sends_everything_and_never_raises(caplog: Any) -> None:
+    group, channel = _member()
+
+    def select(events: list[LiveEvent]) -> list[LiveEvent]:
+        raise ConnectionError("presence unknown")
+
+    with caplog.at_level(logging.WARNING):
+        live_events_send([(group, {"type": "x.event"})], select=select)
+    assert _receive(channel, 5) == {"type": "x.event"}
+    assert any("select failed" in record.getMessage() for record in caplog.records)
+
+
+def test_a_failed_bulk_send_never_raises_into_the_caller(caplog: Any) -> None:
+    unreachable = copy.deepcopy(settings.CHANNEL_LAYERS)
+    unreachable["default"]["CONFIG"]["hosts"] = ["redis://127.0.0.1:1/0"]
+    with (
+        override_settings(CHANNEL_LAYERS=unreachable),
+        caplog.at_level(logging.WARNING),
+        transaction.atomic(),
+    ):
+        live_events_send([(f"live-test-{n}", {"type": "x.y"}) for n in range(3)])
+    assert any("not sent" in record.getMessage() for record in caplog.records)
+
+
+def test_a_bulk_event_without_a_type_is_refused_at_once() -> None:
+    with pytest.raises(ValueError), transaction.atomic():
+        live_events_send([("live-test", {"type": "x.y"}), ("live-test", {"seq": 1})])
