@@ -20,6 +20,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core import signing
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -41,6 +42,10 @@ __all__ = [
     "emails_drain",
     "emails_sweep",
     "suppression_add",
+    "unsubscribe",
+    "unsubscribe_address",
+    "unsubscribe_headers",
+    "unsubscribe_token",
 ]
 
 logger = logging.getLogger(__name__)
@@ -48,6 +53,8 @@ logger = logging.getLogger(__name__)
 S = EmailStatus
 # The Celery queue of each priority's drain (config/celery.py's queues).
 DRAIN_QUEUES = {Priority.HIGH: "high", Priority.NORMAL: "default", Priority.BULK: "bulk"}
+# Unsubscribe tokens are signed with this salt, so no other signed value of the site is one.
+UNSUBSCRIBE_SALT = "emails.unsubscribe"
 # How long one drain message runs passes before it hands over to a fresh one.
 DRAIN_BUDGET_S = 20.0
 
@@ -119,6 +126,8 @@ def email_queue(
         )
         for name, value in (headers or {}).items()
     }
+    if priority == Priority.BULK:
+        extra.update(unsubscribe_headers(address))
     now = timezone.now()
     with transaction.atomic():
         email = Email.objects.create(
@@ -204,6 +213,38 @@ def email_resend(*, email_id: int) -> Email | None:
         if email.status == S.QUEUED:
             DRAINS[email.priority].wake()
     return email
+
+
+def unsubscribe_token(address: str) -> str:
+    """A signed, per-recipient token for the unsubscribe link. It never expires: a link in
+    an old mail must still work (RFC 8058 asks senders to honour it)."""
+    return signing.dumps(sending.address_key(address), salt=UNSUBSCRIBE_SALT, compress=True)
+
+
+def unsubscribe_address(*, token: str) -> str | None:
+    """The address a token was made for, or None for a token this site did not sign."""
+    try:
+        address = signing.loads(token, salt=UNSUBSCRIBE_SALT)
+    except signing.BadSignature:
+        return None
+    return address if isinstance(address, str) else None
+
+
+def unsubscribe_headers(address: str) -> dict[str, str]:
+    """RFC 2369 `List-Unsubscribe` and RFC 8058's one-click `List-Unsubscribe-Post`: a mail
+    client POSTs `List-Unsubscribe=One-Click` to the URL, no login, no page."""
+    url = f"{settings.WEB_BASE_URL.rstrip('/')}/emails/unsubscribe/{unsubscribe_token(address)}/"
+    return {"List-Unsubscribe": f"<{url}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+
+
+def unsubscribe(*, token: str) -> str | None:
+    """The one-click: suppresses the token's address at once (idempotent); its address,
+    or None for a bad token. The next claim of any mail to it moves that mail to
+    `suppressed`, and nothing new is sent to it."""
+    address = unsubscribe_address(token=token)
+    if address is not None:
+        suppression_add(address=address, reason=Suppression.Reason.UNSUBSCRIBE)
+    return address
 
 
 def suppression_add(*, address: str, reason: str) -> Suppression:
