@@ -5,6 +5,7 @@ client that has none; the signed token in the URL is what authorises it."""
 
 from __future__ import annotations
 
+from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
@@ -27,3 +28,11 @@ def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
     if address is None:
         return render(request, TEMPLATE, {"invalid": True}, status=404)
     return render(request, TEMPLATE, {"address": address})
+
+
+@staff_member_required
+def caught(request: HttpRequest) -> HttpResponse:
+    """What the development SMTP sink caught (apps/emails/devsink), newest first."""
+    from .devsink import caught_list
+
+    return render(request, "emails/caught.html", {"caught": caught_list()})
