@@ -38,8 +38,20 @@ def smtp_env(sink: SmtpSink) -> dict[str, str]:
 
 
 @pytest.fixture
-def beat(live_env: dict[str, str], smtp_sink: SmtpSink, transactional_db: None) -> Iterator[None]:
-    """Celery beat as the Procfile runs it: `emails.sweep` every 2 s."""
+def beat(
+    live_env: dict[str, str],
+    smtp_sink: SmtpSink,
+    transactional_db: None,
+    _session_worker: LiveProcess,
+) -> Iterator[None]:
+    """Celery beat as the Procfile runs it: `emails.sweep` every 2 s.
+
+    The session's shared worker is stopped first: it serves every queue but was started
+    without this test's SMTP settings, so it would claim mails and defer them for a
+    minute against a server that is not there. A later test's `live_worker` starts it
+    again."""
+    if _session_worker.alive():
+        _session_worker.stop()
     process = LiveProcess(
         "emails-beat",
         beat_argv(),
