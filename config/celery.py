@@ -94,6 +94,12 @@ app.conf.update(
             "schedule": 2.0,
             "options": {"queue": "high", "expires": 10},
         },
+        # Mails due (a lost wake, a retry whose backoff passed, a dead worker's lease).
+        "emails-sweep": {
+            "task": "emails.sweep",
+            "schedule": 2.0,
+            "options": {"queue": "high", "expires": 10},
+        },
         # Sagas due for a retry, whose advance message was lost, or whose runner died.
         "saga-wake": {"task": "tasks.saga_wake", "schedule": 2.0},
     },

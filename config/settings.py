@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "apps.wallets",
     "apps.orders",
     "apps.notifications",
+    "apps.emails",
 ]
 # The lab (apps/lab): the naive, synchronous and ablation variants and the no-op baselines
 # the bench compares Surge against. Installed and routed only with this on (bench/stack.py
@@ -368,6 +369,28 @@ WEBPUSH_LEASE_S = env.float("WEBPUSH_LEASE_S", default=120.0)
 WEBPUSH_MAX_ATTEMPTS = env.int("WEBPUSH_MAX_ATTEMPTS", default=5)
 WEBPUSH_RETRY_BASE_S = env.float("WEBPUSH_RETRY_BASE_S", default=5.0)
 WEBPUSH_RETRY_MAX_S = env.float("WEBPUSH_RETRY_MAX_S", default=600.0)
+
+# --- Emails ------------------------------------------------------------------------------
+# The SMTP server every mail goes through (apps/emails/sending.py, one connection per batch).
+# The default is the local development sink (Procfile `smtp`), which accepts anything.
+EMAIL_HOST = env.str("EMAIL_HOST", default="127.0.0.1")
+EMAIL_PORT = env.int("EMAIL_PORT", default=1025)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Surge <noreply@surge.localhost>")
+# Seconds each SMTP reply may take; a message's send is bounded by a few of these, which
+# is what a claim's lease must leave before a send starts.
+EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT", default=10.0)
+# Rows one drain pass claims and sends over one connection, and how long its claim lasts
+# (a dead worker's rows are claimed again after it): far more than a batch's sends take.
+EMAIL_BATCH_SIZE = env.int("EMAIL_BATCH_SIZE", default=50)
+EMAIL_CLAIM_LEASE_S = env.float("EMAIL_CLAIM_LEASE_S", default=300.0)
+# A deferred mail (SMTP 4xx, lost connection) waits uniform(step/2, step) seconds, step =
+# min(MAX, BASE * 2**(attempts - 1)); after EMAIL_MAX_ATTEMPTS claims it is `failed`.
+EMAIL_RETRY_BACKOFF_BASE_S = env.float("EMAIL_RETRY_BACKOFF_BASE_S", default=60.0)
+EMAIL_RETRY_BACKOFF_MAX_S = env.float("EMAIL_RETRY_BACKOFF_MAX_S", default=3600.0)
+EMAIL_MAX_ATTEMPTS = env.int("EMAIL_MAX_ATTEMPTS", default=8)
 
 # --- Orders and payments -----------------------------------------------------------------
 PAYMENT_GATEWAY_URL = env.str("PAYMENT_GATEWAY_URL", default="http://127.0.0.1:8010")

@@ -14,6 +14,7 @@ api_patterns: list[URLPattern | URLResolver] = [
     path("products/", include(product_urlpatterns)),
     path("orders/", include("apps.orders.urls")),
     path("notifications/", include("apps.notifications.urls")),
+    path("emails/", include("apps.emails.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]
@@ -21,6 +22,7 @@ api_patterns: list[URLPattern | URLResolver] = [
 urlpatterns: list[URLPattern | URLResolver] = [
     path("", pages.home, name="home"),
     path("accounts/", include("apps.accounts.page_urls")),
+    path("emails/", include("apps.emails.page_urls")),
     path("notifications/", include("apps.notifications.pages")),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),

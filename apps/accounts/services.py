@@ -11,6 +11,7 @@ from django.db import IntegrityError, transaction
 from rest_framework.authtoken.models import Token
 
 from apps.core.errors import ErrorCode, SurgeError
+from apps.emails.services import email_welcome
 
 from .errors import AccountError
 
@@ -39,6 +40,7 @@ def user_register(*, username: str, password: str, email: str = "") -> Registere
         with transaction.atomic():
             user = User.objects.create_user(username=username, email=email, password=password)
             token = Token.objects.create(user=user)
+            email_welcome(user_id=user.pk)
     except IntegrityError:  # lost a race with another registration of the same name
         raise _username_taken() from None
     return Registered(user_id=user.pk, username=user.username, token=token.key)

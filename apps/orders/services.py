@@ -22,6 +22,7 @@ from django.utils import timezone
 from apps.core.errors import ErrorCode, SurgeError
 from apps.coupons import selectors as coupon_selectors
 from apps.coupons import services as coupon_services
+from apps.emails.services import email_order_confirmation
 from apps.notifications import kinds
 from apps.notifications.services import notify_user
 from tasks.context import get_request_id
@@ -376,7 +377,7 @@ def order_confirm(*, order_id: int) -> None:
             body="Your payment went through and your order is confirmed.",
             event="confirmed",
         )
-    # The confirmation email goes through the emails app's service once that app exists.
+        email_order_confirmation(order_id=order_id)
 
 
 def order_follow_saga(*, order_id: int, saga_status: str, failure_reason: str) -> None:
