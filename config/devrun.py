@@ -30,6 +30,7 @@ def _urls() -> list[tuple[str, str]]:
         ("WebSockets", f"{ws}/ws/"),
         ("Flower", f"{flower}/ (basic auth {os.environ.get('FLOWER_BASIC_AUTH', 'admin:admin')})"),
         ("gateway", f"http://{host}:{os.environ.get('FAKE_GATEWAY_PORT', '8010')}/v1/stats"),
+        ("caught mail", f"{web}/emails/dev/caught/ (staff; the development SMTP sink)"),
     ]
 
 
@@ -44,6 +45,22 @@ def _align_gateway_port() -> None:
     else:
         port = os.environ.get("FAKE_GATEWAY_PORT", "8010")
         os.environ["PAYMENT_GATEWAY_URL"] = f"http://127.0.0.1:{port}"
+
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _processes() -> list[str]:
+    """The Procfile's processes to start: all of them, except the development SMTP sink
+    when EMAIL_HOST names a real relay (a loopback host, or none, means the sink)."""
+    names = []
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, sep, _ = line.partition(":")
+        if sep and name.strip() and not name.startswith("#"):
+            names.append(name.strip())
+    if os.environ.get("EMAIL_HOST", "127.0.0.1") not in LOOPBACK:
+        names.remove("smtp")
+    return names
 
 
 def main() -> None:
@@ -66,7 +83,7 @@ def main() -> None:
         print(f"  {name:<11} {url}")
     print("Ctrl-C stops every process.\n", flush=True)
     os.chdir(ROOT)
-    os.execvp("honcho", ["honcho", "start", "-f", str(ROOT / "Procfile")])
+    os.execvp("honcho", ["honcho", "start", "-f", str(ROOT / "Procfile"), *_processes()])
 
 
 if __name__ == "__main__":
