@@ -126,14 +126,18 @@ def deliveries_insert_sql(*, rows: str, broadcast: str = "NULL") -> str:
     FROM {rows} AS r
     JOIN {_SUBSCRIPTION_TABLE} AS s ON s.user_id = r.user_id
     LEFT JOIN {_PREFERENCE_TABLE} AS p ON p.user_id = r.user_id AND p.kind = %(kind)s
-    WHERE %(critical)s OR coalesce(p.web_push, %(default_web_push)s)
+    WHERE %(webpush_on)s AND (%(critical)s OR coalesce(p.web_push, %(default_web_push)s))
     ON CONFLICT (notification_id, subscription_id) DO NOTHING
     RETURNING 1
     """
 
 
 def push_params() -> dict[str, Any]:
-    return {"default_web_push": kinds_mod.DEFAULT_CHANNELS["web_push"]}
+    # No VAPID keys (production without Web Push, see webpush.keys): no deliveries at all.
+    return {
+        "default_web_push": kinds_mod.DEFAULT_CHANNELS["web_push"],
+        "webpush_on": bool(settings.VAPID_PRIVATE_KEY),
+    }
 
 
 def webpush_deliveries_created(*, count: int) -> None:

@@ -115,9 +115,13 @@ def vapid_settings(
 
     Keys given: both are checked and must be one pair. None given: in development (`debug`)
     the pair in `run_dir`/vapid-keys.json, generated on first use, so restarts keep browser
-    subscriptions valid; otherwise ImproperlyConfigured. An empty subject is
-    DEV_VAPID_SUBJECT in development and an error otherwise."""
+    subscriptions valid; in production, Web Push is off (empty keys). An empty subject is
+    DEV_VAPID_SUBJECT in development and an error in production when keys are given."""
     public_key, private_key, subject = public_key.strip(), private_key.strip(), subject.strip()
+    if not (public_key or private_key or debug):
+        # Production without keys: Web Push is off (no deliveries are made, the public key
+        # reads ""), and everything else runs. A deployment that wants it sets the pair.
+        return "", "", subject
     if not subject:
         if not debug:
             raise ImproperlyConfigured(
@@ -132,12 +136,6 @@ def vapid_settings(
             raise ImproperlyConfigured("VAPID_PUBLIC_KEY and VAPID_PRIVATE_KEY go together.")
         pair = _checked_pair(VapidKeyPair(public_key, private_key), source="VAPID_*_KEY")
         return pair.public_key, pair.private_key, subject
-    if not debug:
-        raise ImproperlyConfigured(
-            "DJANGO_DEBUG=false needs VAPID_PUBLIC_KEY and VAPID_PRIVATE_KEY (base64url raw "
-            "P-256 keys; `python -c 'from apps.notifications.webpush.keys import "
-            "vapid_keys_generate; print(vapid_keys_generate())'` makes a pair)."
-        )
     pair = _dev_pair(Path(run_dir) / VAPID_KEY_FILE_NAME)
     return pair.public_key, pair.private_key, subject
 

@@ -1,5 +1,5 @@
-"""VAPID settings (development pair kept under the run folder, production refuses empty
-keys) and the checks of a browser subscription's keys."""
+"""VAPID settings (development pair kept under the run folder, production without keys has
+Web Push off) and the checks of a browser subscription's keys."""
 
 from __future__ import annotations
 
@@ -78,10 +78,13 @@ def test_processes_starting_together_agree_on_one_pair(tmp_path: Path) -> None:
     assert pairs == {resolve(tmp_path)[:2]}
 
 
-def test_production_refuses_empty_keys_and_subject(tmp_path: Path) -> None:
+def test_production_without_keys_has_web_push_off_and_keys_need_a_subject(
+    tmp_path: Path,
+) -> None:
     pair = vapid_keys_generate()
-    with pytest.raises(ImproperlyConfigured, match="VAPID_PUBLIC_KEY"):
-        resolve(tmp_path, debug=False, subject="mailto:ops@example.com")
+    # No keys: Web Push is off, nothing is generated, the rest of the system starts.
+    assert resolve(tmp_path, debug=False) == ("", "", "")
+    assert resolve(tmp_path, debug=False, subject="mailto:ops@example.com")[:2] == ("", "")
     with pytest.raises(ImproperlyConfigured, match="VAPID_SUBJECT"):
         resolve(tmp_path, debug=False, public_key=pair.public_key, private_key=pair.private_key)
     assert not (tmp_path / VAPID_KEY_FILE_NAME).exists()
