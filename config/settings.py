@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "apps.wallets",
     "apps.orders",
     "apps.notifications",
+    "apps.chat",
 ]
 # The lab (apps/lab): the naive, synchronous and ablation variants and the no-op baselines
 # the bench compares Surge against. Installed and routed only with this on (bench/stack.py
@@ -393,3 +394,9 @@ WORKER_HEARTBEAT_INTERVAL_S = env.float("WORKER_HEARTBEAT_INTERVAL_S", default=2
 WORKER_HEARTBEAT_TTL_S = env.float("WORKER_HEARTBEAT_TTL_S", default=8.0)
 if WORKER_HEARTBEAT_TTL_S <= WORKER_HEARTBEAT_INTERVAL_S:
     raise ImproperlyConfigured("WORKER_HEARTBEAT_TTL_S must be longer than the interval.")
+
+# --- Chat (apps/chat) --------------------------------------------------------------------
+# Frames (message.send, typing) one chat socket may send per second; past it: rate_limited.
+CHAT_RATE_PER_SECOND = env.int("CHAT_RATE_PER_SECOND", default=10)
+# The largest message body, in UTF-8 bytes; a longer one gets too_large and is not stored.
+CHAT_MAX_BODY_BYTES = env.int("CHAT_MAX_BODY_BYTES", default=4096)

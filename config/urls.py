@@ -14,6 +14,7 @@ api_patterns: list[URLPattern | URLResolver] = [
     path("products/", include(product_urlpatterns)),
     path("orders/", include("apps.orders.urls")),
     path("notifications/", include("apps.notifications.urls")),
+    path("chat/", include("apps.chat.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]
