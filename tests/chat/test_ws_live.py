@@ -165,7 +165,7 @@ def test_bad_frames_get_an_error_and_the_socket_stays_open(
     ann = make_member()
     room = make_room(ann)
     sock = chat_socket(room.pk, ann)
-    cases = [
+    cases: list[tuple[Any, str]] = [
         ("{not json", "invalid"),
         ({"no": "type"}, "invalid"),
         ({"type": "shout"}, "unknown_type"),
