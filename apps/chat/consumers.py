@@ -143,6 +143,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         elif kind == "read":
             await self._on_read(frame)
         elif kind == "ping":
+            # A client's heartbeat doubles as a check against PostgreSQL: a live event lost
+            # at the end of a burst (nothing after it shows the gap) is sent now.
+            await self._catch_up()
             await self.send_json({"type": "pong"})
         else:
             await self._error(ChatError.UNKNOWN_TYPE, f"unknown frame type {kind[:40]!r}")
@@ -258,6 +261,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 after = page[-1]["seq"]
         await self._send_once(item)
         self.cursor = seq
+
+    async def _catch_up(self) -> None:
+        """Send, in order, every message committed after the cursor."""
+        while True:
+            page = await _frames_after(self.room_id, self.cursor, None)
+            for item in page:
+                await self._send_once(item)
+                self.cursor = max(self.cursor, int(item["seq"]))
+            if len(page) < selectors.PAGE_MAX:
+                return
 
     async def _send_once(self, item: dict[str, Any]) -> None:
         seq = int(item["seq"])

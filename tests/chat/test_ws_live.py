@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from apps.chat import services
 from apps.chat.models import Message, Room
@@ -229,10 +229,28 @@ def test_typing_read_marks_and_deletions_reach_the_right_sockets(
     for sock in (ann_one, ann_two, bob_sock):
         deleted = sock.until("message.deleted")[0]
         assert deleted == {"type": "message.deleted", "room": room.pk, "seq": 1, "id": message.pk}
+    # A ping sends what no live event announced: a row committed whose event was lost
+    # (written here without one, as a full channel would drop it).
+    room.refresh_from_db()
+    Room.objects.filter(pk=room.pk).update(last_seq=room.last_seq + 1)
+    Message.objects.create(room=room, seq=room.last_seq + 1, sender=bob.user, client_msg_id="q")
+    unannounced = [room.last_seq + 1]
+    assert [f for f in bob_sock.quiet(0.3) if f["type"] == "message"] == []
+    bob_sock.send({"type": "ping"})
+    frames = [bob_sock.next(), bob_sock.next()]
+    assert [(f["type"], f.get("seq")) for f in frames] == [
+        ("message", unannounced[0]),
+        ("pong", None),
+    ]
+    # Leaving closes the leaver's sockets to the room.
+    services.room_leave(room_id=room.pk, user_id=bob.id)
+    with pytest.raises(ConnectionClosed):
+        bob_sock.quiet(2)
     tomb = chat_socket(room.pk, ann)
     tomb.send({"type": "resume", "after_seq": 0})
     frames = tomb.until("message", 3)
     assert (frames[0]["deleted"], frames[0]["body"], _seqs(frames)) == (True, "", [1, 2, 3])
+    assert _seqs(tomb.until("message")) == unannounced
 
 
 def test_a_member_not_connected_gets_one_notification_for_a_burst(
