@@ -16,6 +16,9 @@ from rest_framework.authtoken.models import Token
 from apps.chat import services
 from apps.chat.models import Room
 
+from ..conftest import LOG_DIR
+from ..harness import LiveProcess, free_port, http_ready
+
 
 @dataclass
 class Member:
@@ -100,5 +103,56 @@ def chat_socket(ws_connect: Callable[..., Any]) -> Iterator[Callable[..., ChatSo
         return sock
 
     yield connect
+    for sock in opened:
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def second_ws(live_env: dict[str, str], live_ws: LiveProcess) -> Iterator[LiveProcess]:
+    """A second ws process (uvicorn on config.asgi) beside `live_ws`, on the same database
+    and Redis: members on different processes share the room's group."""
+    port = free_port()
+    process = LiveProcess(
+        "ws-chat-2",
+        [
+            "uvicorn",
+            "config.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--ws",
+            "websockets-sansio",
+            "--lifespan",
+            "off",
+            "--no-access-log",
+        ],
+        env=live_env,
+        log_dir=LOG_DIR,
+        url=f"ws://127.0.0.1:{port}",
+        ready=lambda p: http_ready(f"http://127.0.0.1:{port}/healthz"),
+    )
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def chat_socket_on(second_ws: LiveProcess) -> Iterator[Callable[..., ChatSocket]]:
+    """`chat_socket_on(room_id, member)`: a chat socket on the second ws process."""
+    from websockets.sync.client import connect
+
+    opened: list[ChatSocket] = []
+
+    def open_socket(room_id: int, member: Member) -> ChatSocket:
+        url = f"{second_ws.url}/ws/chat/{room_id}/?token={member.token}"
+        origin: Any = "http://localhost:8000"
+        sock = ChatSocket(connect(url, origin=origin, open_timeout=5))
+        opened.append(sock)
+        return sock
+
+    yield open_socket
     for sock in opened:
         sock.close()

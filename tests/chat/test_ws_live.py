@@ -44,38 +44,64 @@ def _store(room: Room, member: Member, count: int, prefix: str) -> list[int]:
     ]
 
 
-def test_clients_in_several_rooms_each_see_their_room_once_in_seq_order(
-    make_member: Callable[[], Member], make_room: Callable[..., Room], chat_socket: Connect
+def _fan_out(
+    rooms: list[tuple[Room, list[Member]]],
+    connect: Callable[[int, int, Member], ChatSocket],
+    sends: int,
 ) -> None:
-    rooms_count, per_room, sends = 4, 5, 10
-    rooms = []
-    for _ in range(rooms_count):
-        members = [make_member() for _ in range(per_room)]
-        rooms.append((make_room(*members), members))
-    sockets = [(room, m, chat_socket(room.pk, m)) for room, members in rooms for m in members]
+    """Every member of every room sends `sends` messages at once; each socket must get
+    each message of its room once, seqs contiguous, own echoed, all in one order."""
+    sockets = [
+        (room, m, connect(index, room.pk, m))
+        for room, members in rooms
+        for index, m in enumerate(members)
+    ]
     barrier = threading.Barrier(len(sockets))
-    expected = per_room * sends
 
-    def client(
-        room: Room, member: Member, sock: ChatSocket
-    ) -> tuple[list[dict[str, Any]], set[str]]:
+    def client(room: Room, member: Member, sock: ChatSocket) -> tuple[list[Any], set[str]]:
+        expected = len(next(ms for r, ms in rooms if r.pk == room.pk)) * sends
         barrier.wait()
         mine = {sock.say(f"{member.id}:{n}") for n in range(sends)}
-        frames = sock.until("message", want=expected, timeout=40)
-        return frames, mine
+        return sock.until("message", want=expected, timeout=40), mine
 
     with ThreadPoolExecutor(len(sockets)) as pool:
         results = list(pool.map(lambda args: client(*args), sockets))
-    orders: dict[int, list[tuple[tuple[int, int], ...]]] = {}
+    orders: dict[int, set[tuple[tuple[int, int], ...]]] = {}
     for (room, _member, sock), (frames, mine) in zip(sockets, results, strict=True):
-        assert _seqs(frames) == list(range(1, expected + 1))
+        assert _seqs(frames) == list(range(1, len(frames) + 1))
         assert {f["room"] for f in frames} == {room.pk}
         assert mine <= {f["client_msg_id"] for f in frames}  # own messages echoed
-        orders.setdefault(room.pk, []).append(tuple((f["seq"], f["id"]) for f in frames))
+        orders.setdefault(room.pk, set()).add(tuple((f["seq"], f["id"]) for f in frames))
         assert [f for f in sock.quiet(0.3) if f["type"] == "message"] == []
-    for room, _members in rooms:
-        assert len(set(orders[room.pk])) == 1  # every member saw the same order
-        assert Message.objects.filter(room=room).count() == expected
+    for room, members in rooms:
+        assert len(orders[room.pk]) == 1  # every member saw the same order
+        assert Message.objects.filter(room=room).count() == len(members) * sends
+
+
+def test_clients_in_several_rooms_each_see_their_room_once_in_seq_order(
+    make_member: Callable[[], Member], make_room: Callable[..., Room], chat_socket: Connect
+) -> None:
+    rooms = []
+    for _ in range(4):
+        members = [make_member() for _ in range(5)]
+        rooms.append((make_room(*members), members))
+    _fan_out(rooms, lambda _i, room_id, m: chat_socket(room_id, m), sends=10)
+
+
+def test_members_on_two_ws_processes_see_one_order(
+    make_member: Callable[[], Member],
+    make_room: Callable[..., Room],
+    chat_socket: Connect,
+    chat_socket_on: Connect,
+) -> None:
+    members = [make_member() for _ in range(6)]
+    room = make_room(*members)
+    # Even-numbered members on the first process, the others on the second.
+    _fan_out(
+        [(room, members)],
+        lambda i, room_id, m: (chat_socket if i % 2 == 0 else chat_socket_on)(room_id, m),
+        sends=10,
+    )
 
 
 def test_a_reconnecting_client_resumes_with_exactly_what_it_missed_then_live(
