@@ -22,6 +22,7 @@ api_patterns: list[URLPattern | URLResolver] = [
 urlpatterns: list[URLPattern | URLResolver] = [
     path("", pages.home, name="home"),
     path("accounts/", include("apps.accounts.page_urls")),
+    path("chat/", include("apps.chat.pages")),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
