@@ -44,8 +44,8 @@ def _join_state(room_id: int, user_id: int) -> int | None:
 
 @database_sync_to_async
 def _frames_after(room_id: int, after_seq: int, before_seq: int | None) -> list[dict[str, Any]]:
-    rows = selectors.message_list(room_id=room_id, after_seq=after_seq, limit=selectors.PAGE_MAX)
-    return [selectors.message_frame(m) for m in rows if before_seq is None or m.seq < before_seq]
+    rows = selectors.messages_between(room_id=room_id, after_seq=after_seq, before_seq=before_seq)
+    return [selectors.message_frame(m) for m in rows]
 
 
 @database_sync_to_async

@@ -65,6 +65,15 @@ def message_list(
     return list(rows.order_by("seq")[:limit])
 
 
+def messages_between(*, room_id: int, after_seq: int, before_seq: int | None) -> list[Message]:
+    """The first messages (up to PAGE_MAX) with `after_seq < seq < before_seq`, ascending:
+    a socket's gap or catch-up."""
+    rows = Message.objects.filter(room_id=room_id, seq__gt=after_seq).select_related("sender")
+    if before_seq is not None:
+        rows = rows.filter(seq__lt=before_seq)
+    return list(rows.order_by("seq")[:PAGE_MAX])
+
+
 def message_frame(message: Message) -> dict[str, object]:
     """A message as the WebSocket frame and the REST item show it (without `type`)."""
     return {
