@@ -136,7 +136,10 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [CHANNELS_REDIS_URL],
+            # redis-py's asyncio reads time out after 5 s by default: exactly as long as
+            # channels_redis blocks (BZPOPMIN) for a consumer's next message, so an idle
+            # socket's consumer could die of a read timeout just before Redis answered.
+            "hosts": [{"address": CHANNELS_REDIS_URL, "socket_timeout": 10}],
             "prefix": "surge:ws:",
             "capacity": env.int("CHANNELS_CAPACITY", default=1000),
             "expiry": 60,
