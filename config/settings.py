@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "apps.orders",
     "apps.notifications",
     "apps.emails",
+    "apps.chat",
 ]
 # The lab (apps/lab): the naive, synchronous and ablation variants and the no-op baselines
 # the bench compares Surge against. Installed and routed only with this on (bench/stack.py
@@ -136,7 +137,10 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [CHANNELS_REDIS_URL],
+            # redis-py's asyncio reads time out after 5 s by default: exactly as long as
+            # channels_redis blocks (BZPOPMIN) for a consumer's next message, so an idle
+            # socket's consumer could die of a read timeout just before Redis answered.
+            "hosts": [{"address": CHANNELS_REDIS_URL, "socket_timeout": 10}],
             "prefix": "surge:ws:",
             "capacity": env.int("CHANNELS_CAPACITY", default=1000),
             "expiry": 60,
@@ -438,3 +442,9 @@ WORKER_HEARTBEAT_INTERVAL_S = env.float("WORKER_HEARTBEAT_INTERVAL_S", default=2
 WORKER_HEARTBEAT_TTL_S = env.float("WORKER_HEARTBEAT_TTL_S", default=8.0)
 if WORKER_HEARTBEAT_TTL_S <= WORKER_HEARTBEAT_INTERVAL_S:
     raise ImproperlyConfigured("WORKER_HEARTBEAT_TTL_S must be longer than the interval.")
+
+# --- Chat (apps/chat) --------------------------------------------------------------------
+# Frames (message.send, typing) one chat socket may send per second; past it: rate_limited.
+CHAT_RATE_PER_SECOND = env.int("CHAT_RATE_PER_SECOND", default=10)
+# The largest message body, in UTF-8 bytes; a longer one gets too_large and is not stored.
+CHAT_MAX_BODY_BYTES = env.int("CHAT_MAX_BODY_BYTES", default=4096)

@@ -15,6 +15,7 @@ api_patterns: list[URLPattern | URLResolver] = [
     path("orders/", include("apps.orders.urls")),
     path("notifications/", include("apps.notifications.urls")),
     path("emails/", include("apps.emails.urls")),
+    path("chat/", include("apps.chat.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]
@@ -24,6 +25,7 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("accounts/", include("apps.accounts.page_urls")),
     path("emails/", include("apps.emails.page_urls")),
     path("notifications/", include("apps.notifications.pages")),
+    path("chat/", include("apps.chat.pages")),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
