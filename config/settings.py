@@ -115,7 +115,11 @@ DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
 # at the end of the request that found it.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("DB_CONN_HEALTH_CHECKS", default=False)
 DATABASES["default"].setdefault("TEST", {})
-DATABASES["default"]["TEST"]["NAME"] = env.str("DATABASE_TEST_NAME", default="test_surge")
+# Named after the database by default, so two checkouts with their own DATABASE_URL never
+# share (and drop) one test database, nor the private test Redis named after it.
+DATABASES["default"]["TEST"]["NAME"] = env.str(
+    "DATABASE_TEST_NAME", default=f"test_{DATABASES['default']['NAME']}"
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # One Redis serves as broker, cache, channel layer and hot counters by default; each use has
