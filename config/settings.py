@@ -10,6 +10,8 @@ from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 # A module, not its constant: every upper-case name here becomes a Django setting.
 from config import celery as celery_config
@@ -144,7 +146,17 @@ CHANNEL_LAYERS = {
             # redis-py's asyncio reads time out after 5 s by default: exactly as long as
             # channels_redis blocks (BZPOPMIN) for a consumer's next message, so an idle
             # socket's consumer could die of a read timeout just before Redis answered.
-            "hosts": [{"address": CHANNELS_REDIS_URL, "socket_timeout": 10}],
+            # Retries: after a Redis restart the pool's connections are dead, and redis-py's
+            # asyncio client retries nothing by default, so the first command on each (a
+            # socket's group_add) failed and the handshake answered 500. Events are hints a
+            # client dedupes by seq/id, so a retried send is harmless.
+            "hosts": [
+                {
+                    "address": CHANNELS_REDIS_URL,
+                    "socket_timeout": 10,
+                    "retry": Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
+                }
+            ],
             "prefix": "surge:ws:",
             "capacity": env.int("CHANNELS_CAPACITY", default=1000),
             "expiry": 60,
