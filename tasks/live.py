@@ -33,7 +33,13 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
-__all__ = ["LIVE_EVENTS_CONCURRENCY", "LiveEvent", "live_event_send", "live_events_send"]
+__all__ = [
+    "LIVE_EVENTS_CONCURRENCY",
+    "LiveEvent",
+    "SentOnce",
+    "live_event_send",
+    "live_events_send",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -141,3 +147,22 @@ def _send_many(
         logger.warning(
             "live events to %d groups not sent; clients resume", len(by_group), exc_info=True
         )
+
+
+class SentOnce:
+    """The ids (or seqs) one socket has sent, the newest `keep` of them: a consumer that
+    gets the same item live and from a resume (or twice live) sends it once. Old ids are
+    forgotten first; a resume never reaches back past what a client could still miss."""
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self.keep = keep
+        self._seen: dict[int, None] = {}  # insertion-ordered: the oldest is first
+
+    def first_time(self, item_id: int) -> bool:
+        """True (and remembered) if `item_id` was not sent before; False otherwise."""
+        if item_id in self._seen:
+            return False
+        self._seen[item_id] = None
+        if len(self._seen) > self.keep:
+            del self._seen[next(iter(self._seen))]
+        return True

@@ -25,6 +25,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from tasks.live import SentOnce
+
 from . import presence, selectors, services
 from .errors import ChatError
 from .models import Room
@@ -67,7 +69,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     user_id: int
     username: str
     cursor: int
-    sent: dict[int, None]  # insertion-ordered set
+    sent: SentOnce
     recent: deque[float]  # monotonic times of this socket's rate-limited frames
     counted = False
     groups_joined: tuple[str, ...] = ()
@@ -83,7 +85,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if await _join_state(self.room_id, self.user_id) is None:
             await self.close(code=4404)
             return
-        self.sent = {}
+        self.sent = SentOnce(SENT_SEQS_KEPT)
         self.recent = deque()
         # Counted online, then in the groups, then the cursor read: a message committed
         # after that read reaches this socket live; one before it is history (resume).
@@ -274,9 +276,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _send_once(self, item: dict[str, Any]) -> None:
         seq = int(item["seq"])
-        if seq in self.sent:
+        if not self.sent.first_time(seq):
             return
-        self.sent[seq] = None
-        if len(self.sent) > SENT_SEQS_KEPT:
-            del self.sent[next(iter(self.sent))]
         await self.send_json({"type": "message", **item})

@@ -17,6 +17,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from apps.core.errors import ErrorCode
+from tasks.live import SentOnce
 
 from . import presence, selectors
 from .services import notification_event, user_group
@@ -35,7 +36,7 @@ def _after(user_id: int, after_id: int) -> list[dict[str, Any]]:
 class NotificationConsumer(AsyncJsonWebsocketConsumer):
     user_id: int
     group: str
-    sent: dict[int, None]  # insertion-ordered set
+    sent: SentOnce
     counted = False
 
     async def connect(self) -> None:
@@ -45,7 +46,7 @@ class NotificationConsumer(AsyncJsonWebsocketConsumer):
             return
         self.user_id = int(user.pk)
         self.group = user_group(self.user_id)
-        self.sent = {}
+        self.sent = SentOnce(SENT_IDS_KEPT)
         # Counted online, then in the group, before accepting: nothing committed after
         # this point can be missed live.
         await sync_to_async(presence.presence_join)(self.user_id)
@@ -95,9 +96,6 @@ class NotificationConsumer(AsyncJsonWebsocketConsumer):
 
     async def _send_once(self, item: dict[str, Any]) -> None:
         notification_id = int(item["id"])
-        if notification_id in self.sent:
+        if not self.sent.first_time(notification_id):
             return
-        self.sent[notification_id] = None
-        if len(self.sent) > SENT_IDS_KEPT:
-            del self.sent[next(iter(self.sent))]
         await self.send_json({"type": "notification", **item})
